@@ -1,0 +1,7 @@
+"""mimkit: masked-image-modeling pretraining of vision backbones."""
+
+from mimkit.models import create_model, list_models, model_config
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "list_models", "model_config"]

@@ -1,0 +1,5 @@
+"""Encoders that run on the visible part of an image and double as fine-tuning backbones."""
+
+from mimkit.backbones.vit import VisionTransformerEncoder
+
+__all__ = ["VisionTransformerEncoder"]

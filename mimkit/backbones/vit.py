@@ -1,0 +1,106 @@
+"""Plain ViT encoder, MAE style: patch embedding, fixed sin-cos positions, class token, timm blocks.
+
+With ``ids_keep`` it processes only the visible tokens (MAE Sec. 3 "MAE encoder"); without it, every
+token (fine-tuning, feature extraction). Position embeddings are built for whatever grid the input has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from mimkit.masking import gather_tokens
+from mimkit.patches import grid_size
+from mimkit.pos_embed import sincos_2d
+
+
+class VisionTransformerEncoder(nn.Module):
+    """ViT encoder over ``patch_size`` patches; ``forward`` returns ``(B, 1 + tokens, dim)`` (cls first)."""
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        img_size: int = 224,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, strict_img_size=False
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        grid = img_size // patch_size
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, grid, grid, with_cls_row=True)[None], persistent=False)
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer, drop_path=rate)
+            for rate in drop_rates
+        )
+        self.norm = norm_layer(embed_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """MAE initialisation: xavier-uniform linears and patch projection, cls token N(0, 0.02)."""
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        for module in self.modules():
+            init_mae_weights(module)
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, 1 + gh*gw, dim)`` table for a patch grid; the default grid is cached as a buffer."""
+        if self.pos_embed.shape[1] == 1 + grid[0] * grid[1] and grid[0] == grid[1]:
+            return self.pos_embed
+        table = sincos_2d(self.embed_dim, grid[0], grid[1], with_cls_row=True)
+        return table[None].to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        return_layers: Sequence[int] = (),
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode ``images``; keep only tokens ``ids_keep`` (``(B, K)``) when given.
+
+        ``return_layers`` lists 0-based block indices whose raw outputs are also returned.
+        """
+        grid = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
+        if images.shape[1] != self.in_chans:
+            raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
+        pos = self.position_embedding(grid)
+        x = self.patch_embed(images) + pos[:, 1:]
+        if ids_keep is not None:
+            x = gather_tokens(x, ids_keep)
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        taps = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in return_layers:
+                taps.append(x)
+        x = self.norm(x)
+        return (x, taps) if return_layers else x
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """Xavier-uniform linear weights with zero bias, unit LayerNorms (MAE's ``_init_weights``)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,56 @@
+"""Masks: which tokens an encoder sees.
+
+MAE's per-sample random masking (paper Sec. 3, parity README 2.4) is driven by an explicit noise tensor
+so a run can be replayed exactly: the tokens with the *smallest* noise are kept, and they are gathered in
+ascending-noise order (not spatial order), as the authors' code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RandomMask:
+    """A per-sample random mask over ``L`` tokens.
+
+    ids_keep: ``(B, K)`` indices of visible tokens, in ascending-noise order.
+    ids_restore: ``(B, L)`` for each spatial position, its index in ``[visible..., masked...]``.
+    mask: ``(B, L)`` float, 1 = masked (removed), 0 = visible.
+    """
+
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_visible(self) -> int:
+        return self.ids_keep.shape[1]
+
+
+def num_visible_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """``int(L * (1 - ratio))`` with Python float arithmetic, exactly as the authors compute it."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    return max(1, int(num_tokens * (1 - mask_ratio)))
+
+
+def random_masking(noise: torch.Tensor, mask_ratio: float) -> RandomMask:
+    """Per-sample random mask from ``noise`` of shape ``(B, L)`` (uniform in [0, 1))."""
+    if noise.dim() != 2:
+        raise ValueError(f"noise must have shape (batch, tokens), got {tuple(noise.shape)}")
+    batch, num_tokens = noise.shape
+    keep = num_visible_tokens(num_tokens, mask_ratio)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :keep]
+    mask = torch.ones(batch, num_tokens, device=noise.device)
+    mask.scatter_(1, ids_keep, 0.0)
+    return RandomMask(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Select ``tokens[b, ids[b, k]]`` for ``(B, L, D)`` tokens and ``(B, K)`` indices."""
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

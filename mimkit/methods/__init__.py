@@ -1,0 +1,6 @@
+"""Methods: each wires a backbone, a mask, heads and targets into a pretraining model returning a loss dict."""
+
+from mimkit.methods.base import PretrainingModel
+from mimkit.methods.mae import MAE, MAEConfig
+
+__all__ = ["MAE", "MAEConfig", "PretrainingModel"]

@@ -1,0 +1,37 @@
+"""The contract every pretraining model follows, so the engine can train any method."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PretrainingModel(nn.Module):
+    """Base of mimkit's pretraining models.
+
+    ``forward(images, noise=None, generator=None)`` returns a dict with at least ``loss`` (scalar),
+    ``pred`` and ``mask``. ``sample_noise`` draws the masking noise for a batch, so the engine can draw
+    it for the *global* batch and give each process its slice: 1 process and N processes then mask every
+    image identically.
+    """
+
+    patch_size: int
+    in_chans: int
+
+    def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def sample_noise(
+        self, batch_size: int, image_size: tuple[int, int], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Uniform [0, 1) noise for ``batch_size`` images of ``image_size`` (on the generator's device)."""
+        device = generator.device if generator is not None else self.device
+        return torch.rand(self.noise_shape(batch_size, image_size), generator=generator, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encoder_module(self) -> nn.Module:
+        """The backbone alone (for fine-tuning, feature extraction and export)."""
+        raise NotImplementedError

@@ -1,0 +1,58 @@
+"""Named model configurations and ``create_model``.
+
+A name maps to a method class and its paper configuration; ``create_model(name, **overrides)`` changes
+any field of that configuration, with errors that name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from mimkit.config_schema import ConfigError, from_dict, to_dict
+from mimkit.methods.base import PretrainingModel
+from mimkit.methods.mae import MAE, MAEConfig
+
+_REGISTRY: dict[str, tuple[Callable[[Any], PretrainingModel], Any]] = {}
+
+
+def register_model(name: str, model_class: Callable[[Any], PretrainingModel], config: Any) -> None:
+    """Add a named configuration; ``model_class(config)`` builds it."""
+    if name in _REGISTRY:
+        raise ValueError(f"model name '{name}' is already registered")
+    _REGISTRY[name] = (model_class, config)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The configuration dataclass of ``name`` with ``overrides`` applied and validated."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    _, base = _REGISTRY[name]
+    return from_dict(type(base), {**to_dict(base), **overrides}, prefix="model")
+
+
+def create_model(name: str, **overrides: Any) -> PretrainingModel:
+    """Build the pretraining model ``name``, e.g. ``create_model('mae_vit_base_patch16', mask_ratio=0.6)``."""
+    model_class, _ = _REGISTRY.get(name, (None, None))
+    config = model_config(name, **overrides)
+    return model_class(config)
+
+
+def _mae(**fields: Any) -> MAEConfig:
+    return dataclasses.replace(MAEConfig(), **fields)
+
+
+# MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
+# 8-block 512-wide decoder. The tiny one (ViT-Ti width, shallow decoder) is for CPU work and tests.
+register_model("mae_vit_tiny_patch16", MAE, _mae(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128,
+                                                 decoder_depth=2, decoder_num_heads=4))
+register_model("mae_vit_small_patch16", MAE, _mae(embed_dim=384, depth=12, num_heads=6))
+register_model("mae_vit_base_patch16", MAE, _mae(embed_dim=768, depth=12, num_heads=12))
+register_model("mae_vit_large_patch16", MAE, _mae(embed_dim=1024, depth=24, num_heads=16))
+register_model("mae_vit_huge_patch14", MAE, _mae(patch_size=14, embed_dim=1280, depth=32, num_heads=16))

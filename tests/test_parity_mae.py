@@ -1,0 +1,66 @@
+"""MAE parity against tensors produced by the authors' released code (parity README 3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimkit.methods.mae import MAE
+from mimkit.models import model_config
+from mimkit.official.mae import load_mae_weights, mae_config_from_official, map_mae_key
+from tests.parity_cases import discover
+
+CASES = discover("mae")
+
+
+def _build(case, dtype: torch.dtype, **extra) -> tuple[MAE, dict]:
+    fields = mae_config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
+    model = MAE(model_config("mae_vit_base_patch16", **{**fields, **extra}))
+    load_mae_weights(model, case.tensors("weights"))
+    return model.to(dtype), case.tensors("inputs")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mae_float32(case):
+    model, inputs = _build(case, torch.float32)
+    outputs = case.tensors("outputs")
+    with torch.no_grad():
+        out = model(inputs["images"], noise=inputs["noise"])
+    assert torch.equal(out["mask"], inputs["mask"])
+    assert torch.equal(out["ids_restore"], inputs["ids_restore"])
+    assert (out["pred"].double() - outputs["pred_f64"]).abs().max().item() <= 1e-5
+    assert (out["latent"] - outputs["latent_f32"]).abs().max().item() <= 1e-5
+    assert abs(out["loss"].item() - outputs["loss_normpix_f64"].item()) <= 1e-5
+    assert abs(out["loss"].item() - outputs["loss_normpix_f32"].item()) <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mae_float64_with_gradients(case):
+    """In float64 the implementation must agree to ~1e-10, and so must every parameter's gradient norm."""
+    model, inputs = _build(case, torch.float64)
+    outputs = case.tensors("outputs")
+    out = model(inputs["images"].double(), noise=inputs["noise"])
+    assert (out["pred"] - outputs["pred_f64"]).abs().max().item() <= 1e-10
+    assert (out["latent"] - outputs["latent_f64"]).abs().max().item() <= 1e-10
+    assert (out["per_patch_loss"] - outputs["per_patch_loss_f64"]).abs().max().item() <= 1e-10
+    assert abs(out["loss"].item() - outputs["loss_normpix_f64"].item()) <= 1e-12
+    out["loss"].backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    checked = 0
+    for official_name, norm_hex in case.spec["grad_norms_f64_hex"].items():
+        if norm_hex is None:
+            continue
+        name = map_mae_key(official_name)
+        expected = float.fromhex(norm_hex)
+        assert grads[name].norm().item() == pytest.approx(expected, rel=1e-8), name
+        checked += 1
+    assert checked == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mae_pixel_loss(case):
+    """With ``norm_pix_loss`` off the same prediction is scored against raw pixels."""
+    model, inputs = _build(case, torch.float64, norm_pix_loss=False)
+    out = model(inputs["images"].double(), noise=inputs["noise"])
+    assert abs(out["loss"].item() - case.tensors("outputs")["loss_pixel_f64"].item()) <= 1e-10
+
