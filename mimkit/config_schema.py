@@ -14,10 +14,12 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from mimkit.errors import MimkitError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(MimkitError, ValueError):
     """A configuration value or key that cannot be accepted; the message names the field."""
 
 

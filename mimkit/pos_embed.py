@@ -18,15 +18,17 @@ def _sincos_table(dim: int, grid_h: int, grid_w: int, with_cls_row: bool) -> tor
     if dim % 4 != 0:
         raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
     quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device="cpu") / quarter)
     rows, cols = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+        torch.arange(grid_h, dtype=torch.float64, device="cpu"),
+        torch.arange(grid_w, dtype=torch.float64, device="cpu"),
+        indexing="ij",
     )
     col_angles = cols.reshape(-1, 1) * omega
     row_angles = rows.reshape(-1, 1) * omega
     table = torch.cat([col_angles.sin(), col_angles.cos(), row_angles.sin(), row_angles.cos()], dim=1)
     if with_cls_row:
-        table = torch.cat([torch.zeros(1, dim, dtype=torch.float64), table], dim=0)
+        table = torch.cat([torch.zeros(1, dim, dtype=torch.float64, device="cpu"), table], dim=0)
     return table.to(torch.float32)
 
 

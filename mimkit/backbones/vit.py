@@ -45,7 +45,7 @@ class VisionTransformerEncoder(nn.Module):
         grid = img_size // patch_size
         self.register_buffer("pos_embed", sincos_2d(embed_dim, grid, grid, with_cls_row=True)[None], persistent=False)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer, drop_path=rate)
             for rate in drop_rates

@@ -1,0 +1,88 @@
+"""The ``mimkit`` command line. Thin by design: every command calls a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mimkit.errors import MimkitError
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name: str | None) -> str | None:
+    """A config path as given, or relative to the repository's ``configs/`` folder (``mae/vit_base.yaml``)."""
+    if name is None or Path(name).exists():
+        return name
+    candidate = REPO_CONFIGS / name
+    for path in (candidate, candidate.with_suffix(".yaml")):
+        if path.exists():
+            return str(path)
+    return name
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from mimkit.engine.config import load_pretrain_config
+    from mimkit.engine.pretrain import pretrain
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+        if not any(o.startswith("data.source=") for o in overrides):
+            overrides.append("data.source=folder")
+    if args.output:
+        overrides.append(f"output={args.output}")
+    config = load_pretrain_config(resolve_config_path(args.config), overrides)
+    summary = pretrain(config, resume=args.resume)
+    print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
+    print(f"checkpoint:      {summary.checkpoint}")
+    print(f"metrics log:     {summary.metrics}")
+    print(f"tensorboard:     {summary.output / 'tensorboard'}")
+    if summary.reconstructions:
+        print(f"reconstructions: {summary.reconstructions[-1]}")
+    return 0
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from mimkit.inference import visualize_images
+
+    path = visualize_images(args.checkpoint, args.images, args.output, seed=args.seed)
+    print(f"reconstructions: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimkit", description="Masked-image-modeling pretraining.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pre = commands.add_parser("pretrain", help="pretrain a model (default: tiny MAE on the sample photos)")
+    pre.add_argument("--config", help="YAML config: a path, or a name under configs/ such as mae/vit_base_800ep")
+    pre.add_argument("--data", help="a folder of images (sets data.source=folder and data.path)")
+    pre.add_argument("--output", help="output directory (sets output=...)")
+    pre.add_argument("--resume", nargs="?", const="auto",
+                     help="continue from a checkpoint path; without a path, from OUTPUT/checkpoints/last")
+    pre.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="config overrides, e.g. train.epochs=10 model.args.mask_ratio=0.6")
+    pre.set_defaults(handler=_pretrain)
+
+    viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
+    viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")
+    viz.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    viz.add_argument("--output", default="reconstruction.png", help="PNG to write")
+    viz.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    viz.set_defaults(handler=_visualize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (MimkitError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

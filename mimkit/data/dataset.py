@@ -1,0 +1,64 @@
+"""A dataset whose every sample is a pure function of (seed, epoch, index).
+
+Seeding the augmentation per sample, instead of drawing from a worker's running RNG, makes a run
+independent of the number of loader workers and processes, and lets ``--resume`` continue mid-epoch with
+exactly the crops an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from mimkit.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Indexed by ``(epoch, index)`` pairs (see :class:`~mimkit.data.sampler.StepSampler`).
+
+    An unreadable or truncated image is replaced by the next readable one and counted in the item's
+    ``skipped`` field; if no image at all can be read, a clear error is raised.
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, seed: int = 0) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _item_seed(self, epoch: int, index: int) -> int:
+        return ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        skipped = 0
+        for attempt in range(len(self.source)):
+            position = (index + attempt) % len(self.source)
+            try:
+                image = self.source.load(position)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self._item_seed(epoch, index))
+                    tensor = self.transform(image)
+            except (OSError, ValueError, SyntaxError) as err:
+                log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)
+                skipped += 1
+                continue
+            label = self.source.labels[position] if self.source.labels is not None else -1
+            return {"image": tensor, "label": label, "index": position, "skipped": skipped}
+        raise RuntimeError(f"none of the {len(self.source)} images could be read")
+
+
+def collate_items(items: list[dict]) -> dict:
+    """Stack images; labels/indices become tensors; ``skipped`` is summed over the batch."""
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "label": torch.tensor([item["label"] for item in items]),
+        "index": torch.tensor([item["index"] for item in items]),
+        "skipped": sum(item["skipped"] for item in items),
+    }

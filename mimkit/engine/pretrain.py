@@ -1,0 +1,263 @@
+"""The pretraining loop shared by every method.
+
+One optimizer step = ``accum_steps`` micro-batches on each of the processes. Data order, augmentation
+and masking noise are pure functions of (seed, step), so a run is reproducible across worker counts,
+process counts (the noise is drawn for the global batch and sliced per process) and resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from mimkit.config_schema import to_dict
+from mimkit.data import AugmentedDataset, StepSampler, build_source, collate_items, eval_transform
+from mimkit.data.transforms import pretrain_transform
+from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
+from mimkit.engine.config import PretrainConfig
+from mimkit.engine.distributed import DistInfo, barrier, init_distributed, mean_across_processes
+from mimkit.engine.metrics import MetricsLog, ProgressDisplay
+from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
+from mimkit.errors import MimkitError, NonFiniteLossError
+from mimkit.methods.base import PretrainingModel
+from mimkit.models import create_model
+from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
+
+
+SAMPLE_CROPS_PER_EPOCH = 512
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run produced."""
+
+    output: Path
+    checkpoint: Path | None = None
+    metrics: Path | None = None
+    reconstructions: list[Path] = field(default_factory=list)
+    steps: int = 0
+    last_loss: float = float("nan")
+    skipped_images: int = 0
+    seconds: float = 0.0
+
+
+def _step_generator(seed: int, micro_step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 7_368_787 + micro_step) % (2**63))
+
+
+def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
+    """The configured model, with input channels taken from the data section."""
+    args = dict(config.model.args)
+    if args.setdefault("in_chans", config.data.in_chans) != config.data.in_chans:
+        raise MimkitError(
+            f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}"
+        )
+    args.setdefault("img_size", config.data.img_size)
+    return create_model(config.model.name, **args)
+
+
+def _visualization_batch(config: PretrainConfig, source, count: int) -> torch.Tensor | None:
+    transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
+    images = []
+    for index in range(len(source)):
+        if len(images) == count:
+            break
+        try:
+            images.append(transform(source.load(index)))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    return torch.stack(images) if images else None
+
+
+class Pretrainer:
+    """Runs :class:`PretrainConfig`; ``run()`` returns a :class:`RunSummary`."""
+
+    def __init__(self, config: PretrainConfig, resume: str | None = None) -> None:
+        self.config = config
+        self.dist: DistInfo = init_distributed(config.train.device)
+        self.output = Path(config.output)
+        self.checkpoint_path = self.output / "checkpoints" / "last.safetensors"
+        train, data = config.train, config.data
+        torch.manual_seed(train.seed + self.dist.rank)
+
+        self.source = build_source(data.source, data.path)
+        transform = pretrain_transform(data.img_size, data.in_chans, data.mean, data.std, data.crop_scale)
+        dataset = AugmentedDataset(self.source, transform, seed=train.seed)
+        self.micro_batch_global = train.batch_size * self.dist.world_size
+        samples = data.samples_per_epoch or (SAMPLE_CROPS_PER_EPOCH if data.source == "samples" else len(self.source))
+        self.steps_per_epoch = samples // (self.micro_batch_global * train.accum_steps)
+        if self.steps_per_epoch < 1:
+            raise MimkitError(
+                f"an epoch of {samples} images is smaller than one optimizer step "
+                f"({self.micro_batch_global * train.accum_steps} images); lower train.batch_size or raise "
+                "data.samples_per_epoch"
+            )
+        self.total_steps = self.steps_per_epoch * train.epochs
+        self.sampler = StepSampler(
+            len(self.source), self.micro_batch_global, self.steps_per_epoch * train.accum_steps,
+            rank=self.dist.rank, world_size=self.dist.world_size, seed=train.seed,
+        )
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=train.batch_size, sampler=self.sampler, num_workers=data.num_workers,
+            collate_fn=collate_items, pin_memory=self.dist.device.type == "cuda",
+        )
+
+        self.model = build_pretrain_model(config).to(self.dist.device)
+        self.lr = effective_lr(config.optim.base_lr, self.micro_batch_global * train.accum_steps)
+        self.optimizer = build_optimizer(self.model, self.lr, config.optim.weight_decay, config.optim.betas)
+        warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
+        self.position = TrainPosition()
+        self.resumed_from: Path | None = None
+        resume_path = self._resume_path(resume)
+        if resume_path is not None:
+            self._load(resume_path)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None)
+            if self.dist.world_size > 1 else None
+        )
+        self.viz_images = _visualization_batch(config, self.source, train.visualize_images)
+        self.viz_noise = None
+        if self.viz_images is not None:
+            image_hw = tuple(self.viz_images.shape[-2:])
+            self.viz_noise = self.model.sample_noise(len(self.viz_images), image_hw, _step_generator(train.seed, -1))
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume == "auto":
+            return self.checkpoint_path if self.checkpoint_path.is_file() else None
+        return Path(resume)
+
+    def _load(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        saved_name = checkpoint.config.get("model", {}).get("name")
+        if saved_name != self.config.model.name:
+            raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
+        self.model.load_state_dict(checkpoint.model)
+        if checkpoint.optimizer is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+        if checkpoint.rng is not None:
+            restore_rng(checkpoint.rng)
+        self.position = checkpoint.position
+        self.resumed_from = path
+
+    def _save(self) -> Path:
+        record = to_dict(self.config)
+        record["resolved_model"] = to_dict(self.model.config)
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_path, self.model, record, self.position, self.optimizer)
+        barrier()
+        return self.checkpoint_path
+
+    def _write_reconstructions(self, epoch: int) -> Path | None:
+        if self.viz_images is None or not self.dist.is_main:
+            return None
+        tiles = reconstruction_grid(
+            self.model, self.viz_images.to(self.dist.device), self.config.data.mean, self.config.data.std,
+            noise=self.viz_noise.to(self.dist.device),
+        )
+        return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"epoch_{epoch:04d}.png")
+
+    def _optimizer_step(self, batches: list[dict]) -> float:
+        """Forward/backward over the micro-batches of one step; returns the loss averaged over processes."""
+        train = self.config.train
+        module = self.ddp or self.model
+        device = self.dist.device
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+        total = torch.zeros((), device=device)
+        for micro, batch in enumerate(batches):
+            images = batch["image"].to(device, non_blocking=True)
+            micro_step = self.position.step * train.accum_steps + micro
+            noise = self.model.sample_noise(
+                self.micro_batch_global, tuple(images.shape[-2:]), _step_generator(train.seed, micro_step)
+            )
+            rank_slice = slice(self.dist.rank * train.batch_size, (self.dist.rank + 1) * train.batch_size)
+            sync = self.ddp.no_sync() if self.ddp is not None and micro < len(batches) - 1 else nullcontext()
+            with sync:
+                with autocast:
+                    loss = module(images, noise=noise[rank_slice].to(device))["loss"]
+                (loss / len(batches)).backward()
+            total += loss.detach().float() / len(batches)
+        loss_value = mean_across_processes(total).item()
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at step {self.position.step + 1} (epoch {self.position.epoch}); "
+                f"stopping without applying this update. The last good checkpoint is {self.checkpoint_path}"
+                + ("" if self.checkpoint_path.exists() else " (none written yet)")
+            )
+        self.scheduler.step_update(self.position.step)
+        if self.config.optim.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def run(self) -> RunSummary:
+        train = self.config.train
+        main = self.dist.is_main
+        start = time.perf_counter()
+        resumed = self.resumed_from is not None
+        metrics = MetricsLog(self.output, main, resume_step=self.position.step if resumed else None)
+        stop_at = min(self.total_steps, train.max_steps or self.total_steps)
+        progress = ProgressDisplay(stop_at, self.position.step, main, train.log_every)
+        summary = RunSummary(output=self.output, metrics=metrics.path if main else None)
+        if resumed:
+            progress.message(f"resumed from {self.resumed_from} at step {self.position.step}")
+        self.model.train()
+        try:
+            while self.position.step < stop_at:
+                epoch = self.position.epoch
+                self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
+                window_start, window_images = time.perf_counter(), 0
+                batches: list[dict] = []
+                for batch in self.loader:
+                    summary.skipped_images += batch["skipped"]
+                    batches.append(batch)
+                    if len(batches) < train.accum_steps:
+                        continue
+                    loss = self._optimizer_step(batches)
+                    window_images += self.micro_batch_global * len(batches)
+                    batches = []
+                    self.position.step += 1
+                    self.position.step_in_epoch += 1
+                    summary.last_loss = loss
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    speed = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr,
+                                   "images_per_s": speed})
+                    progress.update(self.position.step, epoch, loss, lr, speed)
+                    if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
+                        summary.checkpoint = self._save()
+                    if self.position.step >= stop_at:
+                        break
+                if self.position.step_in_epoch == self.steps_per_epoch:
+                    self.position.epoch += 1
+                    self.position.step_in_epoch = 0
+                    summary.checkpoint = self._save()
+                    picture = self._write_reconstructions(epoch)
+                    if picture is not None:
+                        summary.reconstructions.append(picture)
+                    progress.message(f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}")
+            if summary.checkpoint is None or self.position.step_in_epoch:
+                summary.checkpoint = self._save()
+        finally:
+            progress.close()
+            metrics.close()
+        if summary.skipped_images and main:
+            print(f"warning: skipped {summary.skipped_images} unreadable or truncated image loads", flush=True)
+        summary.steps = self.position.step
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+
+def pretrain(config: PretrainConfig, resume: str | None = None) -> RunSummary:
+    """Pretrain as ``config`` says; ``resume`` is a checkpoint path or ``'auto'`` (the run's last one)."""
+    return Pretrainer(config, resume).run()

@@ -1,0 +1,9 @@
+"""Errors that the command line reports as a one-line message instead of a traceback."""
+
+
+class MimkitError(Exception):
+    """Base of the errors a user can fix: bad config, bad input, a diverged run."""
+
+
+class NonFiniteLossError(MimkitError):
+    """The loss became NaN or infinite; the run stops before the bad update is applied."""

@@ -1,0 +1,66 @@
+"""Using a trained checkpoint: rebuild its model and draw reconstructions for arbitrary images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mimkit.config_schema import from_dict
+from mimkit.data.sources import IMAGE_EXTENSIONS, ImageFolder
+from mimkit.data.transforms import eval_transform
+from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.config import PretrainConfig
+from mimkit.errors import MimkitError
+from mimkit.methods.base import PretrainingModel
+from mimkit.models import create_model
+from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
+
+
+def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]:
+    """The pretraining model stored in a mimkit checkpoint, with its training config."""
+    checkpoint = load_checkpoint(path)
+    record = dict(checkpoint.config)
+    resolved = record.pop("resolved_model", {})
+    config = from_dict(PretrainConfig, record)
+    model = create_model(config.model.name, **resolved)
+    model.load_state_dict(checkpoint.model)
+    return model.eval(), config
+
+
+def _image_files(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files.extend(ImageFolder(item).paths)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"image not found: {item}")
+    return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def visualize_images(
+    checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0
+) -> Path:
+    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
+    from PIL import Image, UnidentifiedImageError
+
+    model, config = load_pretrained(checkpoint)
+    transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
+    tensors, skipped = [], []
+    for path in _image_files(images):
+        try:
+            with Image.open(path) as image:
+                tensors.append(transform(image))
+        except (OSError, UnidentifiedImageError) as err:
+            skipped.append(f"{path} ({err})")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
+    if not tensors:
+        raise MimkitError("none of the given images could be read")
+    batch = torch.stack(tensors)
+    noise = model.sample_noise(len(batch), tuple(batch.shape[-2:]), torch.Generator().manual_seed(seed))
+    tiles = reconstruction_grid(model, batch, config.data.mean, config.data.std, noise=noise)
+    return save_reconstruction_grid(tiles, output)

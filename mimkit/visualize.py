@@ -1,0 +1,55 @@
+"""Reconstruction pictures: one row per image, columns original | masked | reconstruction |
+reconstruction with the visible patches pasted back (as in MAE's Figure 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from mimkit.methods.base import PretrainingModel
+from mimkit.patches import grid_size, patchify, unpatchify
+
+
+@torch.no_grad()
+def reconstruction_grid(
+    model: PretrainingModel,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(4*B, C, H, W)`` tiles in [0, 1], row-major by image, for :func:`save_reconstruction_grid`."""
+    was_training = model.training
+    model.eval()
+    out = model(images, noise=noise)
+    model.train(was_training)
+    p = model.patch_size
+    grid = grid_size(images.shape[-2], images.shape[-1], p)
+    patches = patchify(images, p)
+    pred = out["pred"].float()
+    if getattr(getattr(model, "config", None), "norm_pix_loss", False):
+        # Predictions are in per-patch normalized units; map them back with the true patch statistics.
+        mu = patches.mean(dim=-1, keepdim=True)
+        sigma = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        pred = pred * sigma + mu
+    mask = out["mask"].unsqueeze(-1)
+    channels = images.shape[1]
+    masked = unpatchify(patches * (1 - mask), p, grid, channels)
+    recon = unpatchify(pred, p, grid, channels)
+    pasted = unpatchify(patches * (1 - mask) + pred * mask, p, grid, channels)
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    columns = [images, masked, recon, pasted]
+    tiles = torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
+    return tiles.flatten(0, 1)
+
+
+def save_reconstruction_grid(tiles: torch.Tensor, path: str | Path) -> Path:
+    """Write the tiles as a PNG, four columns per row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(tiles, str(path), nrow=4, padding=2, pad_value=1.0)
+    return path

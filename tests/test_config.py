@@ -1,0 +1,77 @@
+"""Config validation: errors name the field and what it accepts; overrides and files round-trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from mimkit.cli import main
+from mimkit.config_schema import ConfigError, apply_overrides
+from mimkit.engine.config import load_pretrain_config
+
+
+def test_defaults_and_overrides():
+    config = load_pretrain_config(None, ["train.epochs=3", "optim.betas=[0.9, 0.99]", "model.args.mask_ratio=0.6"])
+    assert config.train.epochs == 3
+    assert config.optim.betas == (0.9, 0.99)
+    assert config.model.args == {"mask_ratio": 0.6}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", r"unknown config field 'train.epoch' \(did you mean 'epochs'\?\); allowed: .*batch_size"),
+        ("train.batch_size=abc", "config field 'train.batch_size': expected an integer, got 'abc'"),
+        ("data.source=imagenet", "config field 'data.source': expected one of 'samples', 'folder', 'fashion_mnist'"),
+        ("train.precision=fp16", "config field 'train.precision': expected one of 'fp32', 'bf16'"),
+        ("optim.betas=[0.9]", r"config field 'optim.betas': expected a list of 2"),
+        ("data.crop_scale=[0.9, 0.2]", "config section 'data': crop_scale must satisfy"),
+        ("train.epochs=0", "epochs must be at least 1"),
+        ("epochs", "not of the form key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pretrain_config(None, [override])
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pretrain_config(str(bad))
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_pretrain_config(str(tmp_path / "missing.yaml"))
+
+
+def test_override_of_a_value_by_a_section_is_refused():
+    with pytest.raises(ConfigError, match="'output' is not a section"):
+        apply_overrides({"output": "x"}, ["output.dir=y"])
+
+
+def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
+    code = main(["pretrain", "--output", str(tmp_path), "train.batchsize=4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config field 'train.batchsize'" in err
+    assert "Traceback" not in err
+
+
+def test_cli_reports_bad_model_args(capsys, tmp_path):
+    code = main(["pretrain", "--output", str(tmp_path), "model.args.depth=-x"])
+    assert code == 2
+    assert "config field 'model.depth': expected an integer" in capsys.readouterr().err
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from mimkit.engine.pretrain import build_pretrain_model
+
+    configs = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_pretrain_config(str(path))
+        import torch
+
+        with torch.device("meta"):
+            build_pretrain_model(config)

@@ -1,0 +1,107 @@
+"""Data sources, the unreadable-image policy, seeded augmentation and step sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mimkit.data import AugmentedDataset, ImageFolder, SamplePhotos, StepSampler, collate_items, pretrain_transform
+from mimkit.data.sources import FASHION_MNIST_DIR, FashionMNIST, build_source
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+def _write_png(path, size=(40, 30), color=(200, 30, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_folder_with_class_subfolders_has_labels(tmp_path):
+    _write_png(tmp_path / "cats" / "a.png")
+    _write_png(tmp_path / "dogs" / "deep" / "b.jpg")
+    folder = ImageFolder(tmp_path)
+    assert folder.class_names == ["cats", "dogs"]
+    assert folder.labels == [0, 1]
+
+
+def test_flat_folder_needs_no_labels(tmp_path):
+    _write_png(tmp_path / "a.png")
+    _write_png(tmp_path / "b.png")
+    folder = ImageFolder(tmp_path)
+    assert folder.labels is None and len(folder) == 2
+
+
+def test_empty_or_missing_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="no images found"):
+        ImageFolder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        ImageFolder(tmp_path / "nope")
+    with pytest.raises(ValueError, match="needs data.path"):
+        build_source("folder")
+
+
+def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path):
+    _write_png(tmp_path / "good.png")
+    (tmp_path / "garbage.jpg").write_bytes(b"this is not an image")
+    _write_png(tmp_path / "whole.png", size=(64, 64))
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "whole.png").unlink()
+    dataset = AugmentedDataset(ImageFolder(tmp_path), pretrain_transform(32, 3, MEAN, STD))
+    items = [dataset[(0, i)] for i in range(len(dataset))]
+    batch = collate_items(items)
+    assert batch["image"].shape == (3, 3, 32, 32)
+    # sorted: garbage.jpg, good.png, truncated.png; a bad one is replaced by the next readable image
+    assert [item["skipped"] for item in items] == [1, 0, 2]
+    assert batch["skipped"] == 3
+    names = [dataset.source.paths[i].name for i in batch["index"].tolist()]
+    assert set(names) == {"good.png"}
+
+
+def test_no_readable_image_at_all_is_a_clear_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"nope")
+    dataset = AugmentedDataset(ImageFolder(tmp_path), pretrain_transform(32, 3, MEAN, STD))
+    with pytest.raises(RuntimeError, match="none of the 1 images could be read"):
+        dataset[(0, 0)]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index():
+    dataset = AugmentedDataset(SamplePhotos(), pretrain_transform(32, 3, MEAN, STD), seed=5)
+    assert torch.equal(dataset[(1, 3)]["image"], dataset[(1, 3)]["image"])
+    assert not torch.equal(dataset[(1, 3)]["image"], dataset[(2, 3)]["image"])
+
+
+def test_grayscale_transform_gives_one_channel():
+    dataset = AugmentedDataset(SamplePhotos(), pretrain_transform(32, 1, [0.5], [0.25]))
+    assert dataset[(0, 0)]["image"].shape == (1, 32, 32)
+
+
+def test_two_processes_see_exactly_what_one_process_sees():
+    single = list(StepSampler(50, global_batch=8, steps_per_epoch=6, seed=1))
+    ranks = [list(StepSampler(50, 8, 6, rank=r, world_size=2, seed=1)) for r in range(2)]
+    merged = [item for step in range(6) for r in range(2) for item in ranks[r][step * 4 : step * 4 + 4]]
+    assert merged == single
+    assert len({index for _, index in single}) == 48
+
+
+def test_sampler_resumes_mid_epoch_and_repeats_small_datasets():
+    sampler = StepSampler(5, global_batch=4, steps_per_epoch=3, seed=0)
+    sampler.set_position(epoch=2)
+    whole = list(sampler)
+    sampler.set_position(epoch=2, start_step=1)
+    assert list(sampler) == whole[4:]
+    assert len(whole) == 12 and {i for _, i in whole} == set(range(5))
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_reads_idx_files():
+    test = FashionMNIST(split="test")
+    assert len(test) == 10_000
+    image = test.load(0)
+    assert image.size == (28, 28) and image.mode == "L"
+    assert np.bincount(test.labels).tolist() == [1000] * 10
