@@ -60,10 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML config: a path, or a name under configs/ such as mae/vit_base_800ep")
     pre.add_argument("--data", help="a folder of images (sets data.source=folder and data.path)")
     pre.add_argument("--output", help="output directory (sets output=...)")
-    pre.add_argument("--resume", nargs="?", const="auto",
-                     help="continue from a checkpoint path; without a path, from OUTPUT/checkpoints/last")
-    pre.add_argument("overrides", nargs="*", metavar="key=value",
-                     help="config overrides, e.g. train.epochs=10 model.args.mask_ratio=0.6")
+    pre.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from a checkpoint path; without a path, from OUTPUT/checkpoints/last",
+    )
+    pre.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.epochs=10 model.args.mask_ratio=0.6",
+    )
     pre.set_defaults(handler=_pretrain)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")

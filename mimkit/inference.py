@@ -41,9 +41,7 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
     return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-def visualize_images(
-    checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0
-) -> Path:
+def visualize_images(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0) -> Path:
     """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
     from PIL import Image, UnidentifiedImageError
 

@@ -50,8 +50,11 @@ def _mae(**fields: Any) -> MAEConfig:
 
 # MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
 # 8-block 512-wide decoder. The tiny one (ViT-Ti width, shallow decoder) is for CPU work and tests.
-register_model("mae_vit_tiny_patch16", MAE, _mae(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128,
-                                                 decoder_depth=2, decoder_num_heads=4))
+register_model(
+    "mae_vit_tiny_patch16",
+    MAE,
+    _mae(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+)
 register_model("mae_vit_small_patch16", MAE, _mae(embed_dim=384, depth=12, num_heads=6))
 register_model("mae_vit_base_patch16", MAE, _mae(embed_dim=768, depth=12, num_heads=12))
 register_model("mae_vit_large_patch16", MAE, _mae(embed_dim=1024, depth=24, num_heads=16))

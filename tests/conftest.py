@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mimkit.engine.config import load_pretrain_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 TINY_MODEL = [
     "model.name=mae_vit_tiny_patch16",

@@ -38,6 +38,4 @@ def discover(method: str) -> list:
     if not cases:
         reason = f"no parity cases under {folder} (set MIMKIT_PARITY_DIR)"
         return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"{method}-none")]
-    return [
-        pytest.param(ParityCase(path.stem, json.loads(path.read_text()), folder), id=path.stem) for path in cases
-    ]
+    return [pytest.param(ParityCase(path.stem, json.loads(path.read_text()), folder), id=path.stem) for path in cases]

@@ -19,9 +19,15 @@ def test_defaults_and_overrides():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.epoch=3", r"unknown config field 'train.epoch' \(did you mean 'epochs'\?\); allowed: .*batch_size"),
+        (
+            "train.epoch=3",
+            r"unknown config field 'train.epoch' \(did you mean 'epochs'\?\); allowed: .*batch_size",
+        ),
         ("train.batch_size=abc", "config field 'train.batch_size': expected an integer, got 'abc'"),
-        ("data.source=imagenet", "config field 'data.source': expected one of 'samples', 'folder', 'fashion_mnist'"),
+        (
+            "data.source=imagenet",
+            "config field 'data.source': expected one of 'samples', 'folder', 'fashion_mnist'",
+        ),
         ("train.precision=fp16", "config field 'train.precision': expected one of 'fp32', 'bf16'"),
         ("optim.betas=[0.9]", r"config field 'optim.betas': expected a list of 2"),
         ("data.crop_scale=[0.9, 0.2]", "config section 'data': crop_scale must satisfy"),

@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mimkit.data import AugmentedDataset, ImageFolder, SamplePhotos, StepSampler, collate_items, pretrain_transform
+from mimkit.data import (
+    AugmentedDataset,
+    ImageFolder,
+    SamplePhotos,
+    StepSampler,
+    collate_items,
+    pretrain_transform,
+)
 from mimkit.data.sources import FASHION_MNIST_DIR, FashionMNIST, build_source
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

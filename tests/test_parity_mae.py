@@ -63,4 +63,3 @@ def test_parity_mae_pixel_loss(case):
     model, inputs = _build(case, torch.float64, norm_pix_loss=False)
     out = model(inputs["images"].double(), noise=inputs["noise"])
     assert abs(out["loss"].item() - case.tensors("outputs")["loss_pixel_f64"].item()) <= 1e-10
-

@@ -39,7 +39,11 @@ class VisionTransformerEncoder(nn.Module):
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(
-            img_size=None, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, strict_img_size=False
+            img_size=None,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            strict_img_size=False,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         grid = img_size // patch_size

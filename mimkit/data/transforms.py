@@ -28,21 +28,25 @@ def pretrain_transform(
     crop_scale: tuple[float, float] = (0.2, 1.0),
 ) -> T.Compose:
     """Random-resized-crop (scale 0.2-1, bicubic) + horizontal flip + normalize, as MAE pretrains."""
-    return T.Compose([
-        ConvertMode(in_chans),
-        T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            ConvertMode(in_chans),
+            T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def eval_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """Resize the short side to ``img_size`` and center-crop a square, then normalize."""
-    return T.Compose([
-        ConvertMode(in_chans),
-        T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(img_size),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    return T.Compose(
+        [
+            ConvertMode(in_chans),
+            T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(img_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )

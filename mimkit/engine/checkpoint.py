@@ -139,7 +139,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ValueError(f"{path} is not a readable mimkit checkpoint: {err}") from err
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is not a mimkit checkpoint (format {metadata.get('format')!r}, expected {FORMAT})")
-    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizer = None
     if "optimizer_param_groups" in metadata:
         state: dict[int, dict[str, torch.Tensor]] = {}
@@ -150,7 +150,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         optimizer = {"state": state, "param_groups": json.loads(metadata["optimizer_param_groups"])}
     rng = None
     if "rng" in metadata:
-        rng = {**json.loads(metadata["rng"]), "tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")}}
+        rng = {
+            **json.loads(metadata["rng"]),
+            "tensors": {k: v for k, v in tensors.items() if k.startswith("rng/")},
+        }
     return Checkpoint(
         model=model,
         optimizer=optimizer,

@@ -1,8 +1,8 @@
 """The pretraining configuration: YAML sections validated into typed dataclasses.
 
 Every field has a default, and the defaults are the Quick start job (a tiny MAE on the sample photos, a
-few CPU minutes); the paper recipes set their own values. See ``configs/`` for the paper recipes and ``docs/configs.md`` for the
-meaning of each field.
+few CPU minutes). The paper recipes in ``configs/`` set their own values; ``docs/configs.md`` explains
+each field.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         """On resume, drop records of steps the checkpoint did not reach (they will be redone)."""
         kept = [
-            line for line in self.path.read_text().splitlines()
+            line
+            for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
         self.path.write_text("".join(line + "\n" for line in kept))
@@ -64,8 +65,11 @@ class ProgressDisplay:
         self.bar = None
         if enabled and sys.stdout.isatty():
             self.bar = Progress(
-                TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                TextColumn("[bold]pretrain"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeRemainingColumn(),
             )
             self.task = self.bar.add_task("steps", total=total_steps, completed=start_step, status="")
             self.bar.start()

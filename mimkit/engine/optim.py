@@ -13,9 +13,7 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return {name for name, _ in model.named_parameters() if "pos_embed" in name}
 
 
-def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]
-) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW; weight decay skips 1-D parameters (norms, biases) and position embeddings."""
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_names(model))
     return torch.optim.AdamW(groups, lr=lr, betas=betas)

@@ -29,7 +29,6 @@ from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 
-
 SAMPLE_CROPS_PER_EPOCH = 512
 
 
@@ -47,17 +46,16 @@ class RunSummary:
     seconds: float = 0.0
 
 
-def _step_generator(seed: int, micro_step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 7_368_787 + micro_step) % (2**63))
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """The masking noise of optimizer step ``step`` is drawn from this generator, for the whole global batch."""
+    return torch.Generator().manual_seed((seed * 7_368_787 + step) % (2**63))
 
 
 def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
     """The configured model, with input channels taken from the data section."""
     args = dict(config.model.args)
     if args.setdefault("in_chans", config.data.in_chans) != config.data.in_chans:
-        raise MimkitError(
-            f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}"
-        )
+        raise MimkitError(f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}")
     args.setdefault("img_size", config.data.img_size)
     return create_model(config.model.name, **args)
 
@@ -100,12 +98,20 @@ class Pretrainer:
             )
         self.total_steps = self.steps_per_epoch * train.epochs
         self.sampler = StepSampler(
-            len(self.source), self.micro_batch_global, self.steps_per_epoch * train.accum_steps,
-            rank=self.dist.rank, world_size=self.dist.world_size, seed=train.seed,
+            len(self.source),
+            self.micro_batch_global,
+            self.steps_per_epoch * train.accum_steps,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            seed=train.seed,
         )
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=train.batch_size, sampler=self.sampler, num_workers=data.num_workers,
-            collate_fn=collate_items, pin_memory=self.dist.device.type == "cuda",
+            dataset,
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            num_workers=data.num_workers,
+            collate_fn=collate_items,
+            pin_memory=self.dist.device.type == "cuda",
         )
 
         self.model = build_pretrain_model(config).to(self.dist.device)
@@ -119,8 +125,11 @@ class Pretrainer:
         if resume_path is not None:
             self._load(resume_path)
         self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None)
-            if self.dist.world_size > 1 else None
+            DistributedDataParallel(
+                self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None
+            )
+            if self.dist.world_size > 1
+            else None
         )
         self.viz_images = _visualization_batch(config, self.source, train.visualize_images)
         self.viz_noise = None
@@ -160,7 +169,10 @@ class Pretrainer:
         if self.viz_images is None or not self.dist.is_main:
             return None
         tiles = reconstruction_grid(
-            self.model, self.viz_images.to(self.dist.device), self.config.data.mean, self.config.data.std,
+            self.model,
+            self.viz_images.to(self.dist.device),
+            self.config.data.mean,
+            self.config.data.std,
             noise=self.viz_noise.to(self.dist.device),
         )
         return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"epoch_{epoch:04d}.png")
@@ -172,17 +184,16 @@ class Pretrainer:
         device = self.dist.device
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         total = torch.zeros((), device=device)
+        image_hw = tuple(batches[0]["image"].shape[-2:])
+        step_images = self.micro_batch_global * len(batches)
+        noise = self.model.sample_noise(step_images, image_hw, _step_generator(train.seed, self.position.step))
         for micro, batch in enumerate(batches):
             images = batch["image"].to(device, non_blocking=True)
-            micro_step = self.position.step * train.accum_steps + micro
-            noise = self.model.sample_noise(
-                self.micro_batch_global, tuple(images.shape[-2:]), _step_generator(train.seed, micro_step)
-            )
-            rank_slice = slice(self.dist.rank * train.batch_size, (self.dist.rank + 1) * train.batch_size)
+            first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
             sync = self.ddp.no_sync() if self.ddp is not None and micro < len(batches) - 1 else nullcontext()
             with sync:
                 with autocast:
-                    loss = module(images, noise=noise[rank_slice].to(device))["loss"]
+                    loss = module(images, noise=noise[first : first + train.batch_size].to(device))["loss"]
                 (loss / len(batches)).backward()
             total += loss.detach().float() / len(batches)
         loss_value = mean_across_processes(total).item()
@@ -231,8 +242,15 @@ class Pretrainer:
                     summary.last_loss = loss
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr,
-                                   "images_per_s": speed})
+                    metrics.write(
+                        {
+                            "step": self.position.step,
+                            "epoch": epoch,
+                            "loss": loss,
+                            "lr": lr,
+                            "images_per_s": speed,
+                        }
+                    )
                     progress.update(self.position.step, epoch, loss, lr, speed)
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.checkpoint = self._save()
@@ -245,7 +263,9 @@ class Pretrainer:
                     picture = self._write_reconstructions(epoch)
                     if picture is not None:
                         summary.reconstructions.append(picture)
-                    progress.message(f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}")
+                    progress.message(
+                        f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}"
+                    )
             if summary.checkpoint is None or self.position.step_in_epoch:
                 summary.checkpoint = self._save()
         finally:

@@ -4,7 +4,7 @@
 |-------------------------|-------------------------|
 | ``cls_token``           | ``encoder.cls_token``   |
 | ``patch_embed.proj.*``  | ``encoder.patch_embed.proj.*`` |
-| ``blocks.{i}.*``        | ``encoder.blocks.{i}.*`` (same block layout: norm1, attn.qkv, attn.proj, norm2, mlp.fc1/fc2) |
+| ``blocks.{i}.*``        | ``encoder.blocks.{i}.*`` (same layout: norm1, attn.qkv/proj, norm2, mlp.fc1/fc2) |
 | ``norm.*``              | ``encoder.norm.*``      |
 | ``mask_token``          | ``decoder.mask_token``  |
 | ``decoder_embed.*``     | ``decoder.embed.*``     |
@@ -55,7 +55,7 @@ def map_mae_key(key: str) -> str | None:
         return None
     for old, new in _PREFIXES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     raise KeyError(f"unexpected key in MAE state dict: '{key}'")
 
 
@@ -89,8 +89,17 @@ def mae_config_from_official(constructor_args: dict, mask_ratio: float = 0.75) -
     fields = {
         key: constructor_args[key]
         for key in (
-            "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
-            "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mlp_ratio", "norm_pix_loss",
+            "img_size",
+            "patch_size",
+            "in_chans",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "decoder_embed_dim",
+            "decoder_depth",
+            "decoder_num_heads",
+            "mlp_ratio",
+            "norm_pix_loss",
         )
         if key in constructor_args
     }

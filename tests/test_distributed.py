@@ -1,0 +1,55 @@
+"""Two CPU processes (torchrun, gloo) give the same run as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mimkit.engine.checkpoint import load_checkpoint
+from tests.conftest import REPO_ROOT, tiny_overrides
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(command: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _losses(output):
+    return [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "mimkit.cli", "pretrain", *tiny_overrides(one, "train.batch_size=8")])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "mimkit.cli",
+            "pretrain",
+            *tiny_overrides(two, "train.batch_size=4"),
+        ]
+    )
+    assert len(_losses(two)) == 8
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+    single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
+    double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
+    assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
