@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mimkit.cli import main
+from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.pretrain import Pretrainer, pretrain
 from mimkit.errors import NonFiniteLossError
 
@@ -110,3 +111,21 @@ def test_folder_data_from_the_cli(tmp_path, capsys):
     code = main(["pretrain", "--data", str(images), *overrides, "data.samples_per_epoch=null", "train.batch_size=5"])
     assert code == 0
     assert "skipped" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
+def test_grayscale_fashion_mnist_pretraining(tiny_config):
+    config = tiny_config(
+        "data.source=fashion_mnist",
+        "data.in_chans=1",
+        "data.mean=[0.286]",
+        "data.std=[0.353]",
+        "data.img_size=32",
+        "model.args.patch_size=8",
+        "train.epochs=1",
+    )
+    summary = pretrain(config)
+    assert summary.steps == 4 and math.isfinite(summary.last_loss)

@@ -1,0 +1,51 @@
+"""Print the measured parity errors of every MAE case against the authors' reference tensors.
+
+    python benchmarks/parity_report.py            # uses $MIMKIT_PARITY_DIR or ../shared/parity
+
+For each case: max |error| of predictions, latents and loss, in float32 (vs the official float64 and
+float32 outputs) and in float64 (vs the official float64 outputs).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mimkit.methods.mae import MAE  # noqa: E402
+from mimkit.models import model_config  # noqa: E402
+from mimkit.official.mae import load_mae_weights, mae_config_from_official  # noqa: E402
+from tests.parity_cases import discover  # noqa: E402
+
+
+def report_mae() -> None:
+    for param in discover("mae"):
+        case = param.values[0]
+        if case is None:
+            print("no MAE parity cases found")
+            return
+        fields = mae_config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
+        inputs, outputs = case.tensors("inputs"), case.tensors("outputs")
+        for dtype in (torch.float32, torch.float64):
+            model = MAE(model_config("mae_vit_base_patch16", **fields))
+            load_mae_weights(model, case.tensors("weights"))
+            model = model.to(dtype)
+            with torch.no_grad():
+                out = model(inputs["images"].to(dtype), noise=inputs["noise"])
+            errors = {
+                "pred": (out["pred"].double() - outputs["pred_f64"]).abs().max().item(),
+                "latent": (out["latent"].double() - outputs["latent_f64"]).abs().max().item(),
+                "loss": abs(out["loss"].item() - outputs["loss_normpix_f64"].item()),
+            }
+            if dtype == torch.float32:
+                errors["loss_vs_official_f32"] = abs(out["loss"].item() - outputs["loss_normpix_f32"].item())
+            text = "  ".join(f"{k} {v:.2e}" for k, v in errors.items())
+            print(f"mae/{case.name} {str(dtype).removeprefix('torch.'):8s} max abs error: {text}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    report_mae()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (if needed) and install mimkit with its dev extras into it. Safe to run repeatedly:
+# it reinstalls only when pyproject.toml changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "[mimkit] creating virtual environment in .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.mimkit-install-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import mimkit" 2>/dev/null; then
+    echo "[mimkit] installing mimkit and its dependencies (torch, torchvision, timm, ...; a few minutes the first time)" >&2
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    echo "$want" > "$stamp"
+fi
