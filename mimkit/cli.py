@@ -60,12 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML config: a path, or a name under configs/ such as mae/vit_base_800ep")
     pre.add_argument("--data", help="a folder of images (sets data.source=folder and data.path)")
     pre.add_argument("--output", help="output directory (sets output=...)")
-    pre.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        help="continue from a checkpoint path; without a path, from OUTPUT/checkpoints/last",
+    resume = pre.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_const", const="auto", help="continue from OUTPUT/checkpoints/last.safetensors"
     )
+    resume.add_argument("--resume-from", dest="resume", metavar="CKPT", help="continue from this checkpoint")
     pre.add_argument(
         "overrides",
         nargs="*",

@@ -129,3 +129,13 @@ def test_grayscale_fashion_mnist_pretraining(tiny_config):
     )
     summary = pretrain(config)
     assert summary.steps == 4 and math.isfinite(summary.last_loss)
+
+
+def test_cli_resume_flag_is_not_confused_with_overrides(tmp_path):
+    from tests.conftest import tiny_overrides
+
+    output = tmp_path / "resumed"
+    assert main(["pretrain", *tiny_overrides(output, "train.max_steps=2")]) == 0
+    assert main(["pretrain", "--resume", *tiny_overrides(output, "train.max_steps=5")]) == 0
+    assert [json.loads(line)["step"] for line in (output / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert main(["pretrain", "--resume-from", str(tmp_path / "missing.safetensors"), *tiny_overrides(output)]) == 2

@@ -64,7 +64,7 @@ class OptimSection:
 
 @dataclass
 class TrainSection:
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 32
     """Images per process per micro-step; effective batch = batch_size x accum_steps x processes."""
     accum_steps: int = 1

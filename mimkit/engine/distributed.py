@@ -43,13 +43,18 @@ def init_distributed(device_choice: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def mean_across_processes(value: torch.Tensor) -> torch.Tensor:
-    """Average a tensor over all processes (identity for one process)."""
+def sum_across_processes(value: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes (identity for one process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
     return value
+
+
+def mean_across_processes(value: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over all processes (identity for one process)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return sum_across_processes(value) / world
 
 
 def barrier() -> None:

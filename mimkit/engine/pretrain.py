@@ -21,7 +21,13 @@ from mimkit.data import AugmentedDataset, StepSampler, build_source, collate_ite
 from mimkit.data.transforms import pretrain_transform
 from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
 from mimkit.engine.config import PretrainConfig
-from mimkit.engine.distributed import DistInfo, barrier, init_distributed, mean_across_processes
+from mimkit.engine.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    mean_across_processes,
+    sum_across_processes,
+)
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
 from mimkit.errors import MimkitError, NonFiniteLossError
@@ -271,6 +277,8 @@ class Pretrainer:
         finally:
             progress.close()
             metrics.close()
+        skipped = torch.tensor(summary.skipped_images, device=self.dist.device)
+        summary.skipped_images = int(sum_across_processes(skipped).item())
         if summary.skipped_images and main:
             print(f"warning: skipped {summary.skipped_images} unreadable or truncated image loads", flush=True)
         summary.steps = self.position.step
