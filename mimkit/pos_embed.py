@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch import nn
 
 
 @functools.lru_cache(maxsize=32)
@@ -38,3 +39,26 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, with_cls_row: bool = False) ->
     ``with_cls_row`` prepends a zero row for a class token, as the MAE checkpoints store it.
     """
     return _sincos_table(dim, grid_h, grid_w, with_cls_row).clone()
+
+
+class SinCosPositions(nn.Module):
+    """Fixed sin-cos table with a zero class-token row, for whatever patch grid the input has.
+
+    The table of the default grid lives in a (non-persistent) buffer so it moves with the module and costs
+    nothing per step; other grids are computed on demand.
+    """
+
+    def __init__(self, dim: int, default_grid: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer(
+            "table", sincos_2d(dim, default_grid, default_grid, with_cls_row=True)[None], persistent=False
+        )
+        self.default_grid = (default_grid, default_grid)
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, 1 + gh*gw, dim)``: the class row first, then the tokens in row-major order."""
+        if tuple(grid) == self.default_grid:
+            return self.table
+        table = sincos_2d(self.dim, grid[0], grid[1], with_cls_row=True)
+        return table[None].to(device=self.table.device, dtype=self.table.dtype)

@@ -16,7 +16,7 @@ from torch import nn
 
 from mimkit.masking import gather_tokens
 from mimkit.patches import grid_size
-from mimkit.pos_embed import sincos_2d
+from mimkit.pos_embed import SinCosPositions
 
 
 class VisionTransformerEncoder(nn.Module):
@@ -46,8 +46,7 @@ class VisionTransformerEncoder(nn.Module):
             strict_img_size=False,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        grid = img_size // patch_size
-        self.register_buffer("pos_embed", sincos_2d(embed_dim, grid, grid, with_cls_row=True)[None], persistent=False)
+        self.pos_embed = SinCosPositions(embed_dim, img_size // patch_size)
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
@@ -64,13 +63,6 @@ class VisionTransformerEncoder(nn.Module):
         for module in self.modules():
             init_mae_weights(module)
 
-    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """``(1, 1 + gh*gw, dim)`` table for a patch grid; the default grid is cached as a buffer."""
-        if self.pos_embed.shape[1] == 1 + grid[0] * grid[1] and grid[0] == grid[1]:
-            return self.pos_embed
-        table = sincos_2d(self.embed_dim, grid[0], grid[1], with_cls_row=True)
-        return table[None].to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
-
     def forward(
         self,
         images: torch.Tensor,
@@ -84,7 +76,7 @@ class VisionTransformerEncoder(nn.Module):
         grid = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
         if images.shape[1] != self.in_chans:
             raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
-        pos = self.position_embedding(grid)
+        pos = self.pos_embed(grid)
         x = self.patch_embed(images) + pos[:, 1:]
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)

@@ -14,7 +14,7 @@ from torch import nn
 
 from mimkit.backbones.vit import init_mae_weights
 from mimkit.masking import gather_tokens
-from mimkit.pos_embed import sincos_2d
+from mimkit.pos_embed import SinCosPositions
 
 
 class MAEDecoder(nn.Module):
@@ -29,10 +29,11 @@ class MAEDecoder(nn.Module):
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-6,
+        default_grid: int = 14,
     ) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
         self.embed = nn.Linear(in_dim, embed_dim)
+        self.pos_embed = SinCosPositions(embed_dim, default_grid)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList(
@@ -50,8 +51,7 @@ class MAEDecoder(nn.Module):
         num_masked = ids_restore.shape[1] - visible.shape[1]
         tokens = torch.cat([visible, self.mask_token.expand(x.shape[0], num_masked, -1)], dim=1)
         tokens = gather_tokens(tokens, ids_restore)
-        pos = sincos_2d(self.embed_dim, grid[0], grid[1], with_cls_row=True).to(x)
-        x = torch.cat([cls, tokens], dim=1) + pos
+        x = torch.cat([cls, tokens], dim=1) + self.pos_embed(grid)
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]

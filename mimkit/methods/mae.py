@@ -79,6 +79,7 @@ class MAE(PretrainingModel):
             num_heads=config.decoder_num_heads,
             mlp_ratio=config.mlp_ratio,
             norm_eps=config.norm_eps,
+            default_grid=config.img_size // config.patch_size,
         )
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:
