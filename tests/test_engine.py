@@ -139,3 +139,8 @@ def test_cli_resume_flag_is_not_confused_with_overrides(tmp_path):
     assert main(["pretrain", "--resume", *tiny_overrides(output, "train.max_steps=5")]) == 0
     assert [json.loads(line)["step"] for line in (output / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
     assert main(["pretrain", "--resume-from", str(tmp_path / "missing.safetensors"), *tiny_overrides(output)]) == 2
+
+
+def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
+    summary = pretrain(tiny_config("train.precision=bf16", "optim.clip_grad=0.5", "train.max_steps=2"))
+    assert summary.steps == 2 and math.isfinite(summary.last_loss)
