@@ -183,26 +183,27 @@ class Pretrainer:
         )
         return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"epoch_{epoch:04d}.png")
 
-    def _optimizer_step(self, batches: list[dict]) -> float:
-        """Forward/backward over the micro-batches of one step; returns the loss averaged over processes."""
+    def _accumulate(self, batch: dict, micro: int, noise: torch.Tensor) -> torch.Tensor:
+        """Forward/backward of micro-batch ``micro`` of the current step; returns its detached loss.
+
+        ``noise`` holds the masking noise of the whole global step; this process takes its rows.
+        """
         train = self.config.train
-        module = self.ddp or self.model
-        device = self.dist.device
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
-        total = torch.zeros((), device=device)
-        image_hw = tuple(batches[0]["image"].shape[-2:])
-        step_images = self.micro_batch_global * len(batches)
-        noise = self.model.sample_noise(step_images, image_hw, _step_generator(train.seed, self.position.step))
-        for micro, batch in enumerate(batches):
-            images = batch["image"].to(device, non_blocking=True)
-            first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
-            sync = self.ddp.no_sync() if self.ddp is not None and micro < len(batches) - 1 else nullcontext()
-            with sync:
-                with autocast:
-                    loss = module(images, noise=noise[first : first + train.batch_size].to(device))["loss"]
-                (loss / len(batches)).backward()
-            total += loss.detach().float() / len(batches)
-        loss_value = mean_across_processes(total).item()
+        images = batch["image"].to(self.dist.device, non_blocking=True)
+        first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
+        last_micro = micro == train.accum_steps - 1
+        sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else nullcontext()
+        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+        with sync:
+            with autocast:
+                module = self.ddp or self.model
+                loss = module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))["loss"]
+            (loss / train.accum_steps).backward()
+        return loss.detach().float()
+
+    def _apply_update(self, loss_sum: torch.Tensor) -> float:
+        """Check the step's loss (averaged over micro-batches and processes), then step the optimizer."""
+        loss_value = mean_across_processes(loss_sum / self.config.train.accum_steps).item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
@@ -234,15 +235,20 @@ class Pretrainer:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 window_start, window_images = time.perf_counter(), 0
-                batches: list[dict] = []
+                micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
                 for batch in self.loader:
                     summary.skipped_images += batch["skipped"]
-                    batches.append(batch)
-                    if len(batches) < train.accum_steps:
+                    if micro == 0:
+                        step_images = self.micro_batch_global * train.accum_steps
+                        generator = _step_generator(train.seed, self.position.step)
+                        noise = self.model.sample_noise(step_images, tuple(batch["image"].shape[-2:]), generator)
+                    loss_sum += self._accumulate(batch, micro, noise)
+                    micro += 1
+                    if micro < train.accum_steps:
                         continue
-                    loss = self._optimizer_step(batches)
-                    window_images += self.micro_batch_global * len(batches)
-                    batches = []
+                    loss = self._apply_update(loss_sum)
+                    window_images += self.micro_batch_global * train.accum_steps
+                    micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
                     self.position.step += 1
                     self.position.step_in_epoch += 1
                     summary.last_loss = loss
