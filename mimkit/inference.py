@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from mimkit.config_schema import from_dict
-from mimkit.data.sources import IMAGE_EXTENSIONS, ImageFolder
-from mimkit.data.transforms import eval_transform
+from mimkit.data import ImageFiles, ImageFolder, eval_transform, load_readable
+from mimkit.data.sources import IMAGE_EXTENSIONS
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import PretrainConfig
 from mimkit.errors import MimkitError
@@ -43,22 +43,13 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 def visualize_images(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0) -> Path:
     """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
-    from PIL import Image, UnidentifiedImageError
-
     model, config = load_pretrained(checkpoint)
     transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
-    tensors, skipped = [], []
-    for path in _image_files(images):
-        try:
-            with Image.open(path) as image:
-                tensors.append(transform(image))
-        except (OSError, UnidentifiedImageError) as err:
-            skipped.append(f"{path} ({err})")
+    batch, skipped = load_readable(ImageFiles(_image_files(images)), transform)
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
-    if not tensors:
+    if batch is None:
         raise MimkitError("none of the given images could be read")
-    batch = torch.stack(tensors)
     noise = model.sample_noise(len(batch), tuple(batch.shape[-2:]), torch.Generator().manual_seed(seed))
     tiles = reconstruction_grid(model, batch, config.data.mean, config.data.std, noise=noise)
     return save_reconstruction_grid(tiles, output)

@@ -1,13 +1,14 @@
 """Data: image sources (folders, the embedded sample photos, Fashion-MNIST), augmentation and sampling."""
 
-from mimkit.data.dataset import AugmentedDataset, collate_items
+from mimkit.data.dataset import AugmentedDataset, collate_items, load_readable
 from mimkit.data.sampler import StepSampler
-from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource, SamplePhotos, build_source
+from mimkit.data.sources import FashionMNIST, ImageFiles, ImageFolder, ImageSource, SamplePhotos, build_source
 from mimkit.data.transforms import eval_transform, pretrain_transform
 
 __all__ = [
     "AugmentedDataset",
     "FashionMNIST",
+    "ImageFiles",
     "ImageFolder",
     "ImageSource",
     "SamplePhotos",
@@ -15,5 +16,6 @@ __all__ = [
     "build_source",
     "collate_items",
     "eval_transform",
+    "load_readable",
     "pretrain_transform",
 ]

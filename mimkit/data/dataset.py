@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from mimkit.data.sources import ImageSource
+from mimkit.data.sources import UNREADABLE_IMAGE_ERRORS, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self._item_seed(epoch, index))
                     tensor = self.transform(image)
-            except (OSError, ValueError, SyntaxError) as err:
+            except UNREADABLE_IMAGE_ERRORS as err:
                 log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)
                 skipped += 1
                 continue
@@ -62,3 +62,21 @@ def collate_items(items: list[dict]) -> dict:
         "index": torch.tensor([item["index"] for item in items]),
         "skipped": sum(item["skipped"] for item in items),
     }
+
+
+def load_readable(
+    source: ImageSource, transform: Callable, limit: int | None = None
+) -> tuple[torch.Tensor | None, list[str]]:
+    """Transform the first ``limit`` readable images of ``source`` (all when None) into one batch.
+
+    Returns the batch (None if nothing could be read) and a description of each unreadable image skipped.
+    """
+    images, skipped = [], []
+    for index in range(len(source)):
+        if limit is not None and len(images) == limit:
+            break
+        try:
+            images.append(transform(source.load(index)))
+        except UNREADABLE_IMAGE_ERRORS as err:
+            skipped.append(f"{source.name_of(index)} ({err})")
+    return (torch.stack(images) if images else None), skipped

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# What PIL raises for a file that is not an image, is truncated, or is corrupt inside.
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -63,22 +65,11 @@ class ImageSource:
         return f"{type(self).__name__}[{index}]"
 
 
-class ImageFolder(ImageSource):
-    """Every image under ``root`` (recursive). Labels come from first-level sub-folders when all images sit
-    in such sub-folders; a flat folder has no labels (fine for pretraining)."""
+class ImageFiles(ImageSource):
+    """A list of image files, loaded on demand."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if not self.paths:
-            raise ValueError(f"no images found under {self.root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        top = [p.relative_to(self.root).parts for p in self.paths]
-        if all(len(parts) > 1 for parts in top):
-            self.class_names = sorted({parts[0] for parts in top})
-            index = {name: i for i, name in enumerate(self.class_names)}
-            self.labels = [index[parts[0]] for parts in top]
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,6 +81,26 @@ class ImageFolder(ImageSource):
 
     def name_of(self, index: int) -> str:
         return str(self.paths[index])
+
+
+class ImageFolder(ImageFiles):
+    """Every image under ``root`` (recursive). Labels come from first-level sub-folders when all images sit
+    in such sub-folders; a flat folder has no labels (fine for pretraining)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.root}")
+        super().__init__(
+            sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        )
+        if not self.paths:
+            raise ValueError(f"no images found under {self.root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        top = [p.relative_to(self.root).parts for p in self.paths]
+        if all(len(parts) > 1 for parts in top):
+            self.class_names = sorted({parts[0] for parts in top})
+            index = {name: i for i, name in enumerate(self.class_names)}
+            self.labels = [index[parts[0]] for parts in top]
 
 
 class ArraySource(ImageSource):

@@ -17,8 +17,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
-from mimkit.data import AugmentedDataset, StepSampler, build_source, collate_items, eval_transform
-from mimkit.data.transforms import pretrain_transform
+from mimkit.data import (
+    AugmentedDataset,
+    StepSampler,
+    build_source,
+    collate_items,
+    eval_transform,
+    load_readable,
+    pretrain_transform,
+)
 from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
 from mimkit.engine.config import PretrainConfig
 from mimkit.engine.distributed import (
@@ -64,19 +71,6 @@ def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
         raise MimkitError(f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}")
     args.setdefault("img_size", config.data.img_size)
     return create_model(config.model.name, **args)
-
-
-def _visualization_batch(config: PretrainConfig, source, count: int) -> torch.Tensor | None:
-    transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
-    images = []
-    for index in range(len(source)):
-        if len(images) == count:
-            break
-        try:
-            images.append(transform(source.load(index)))
-        except (OSError, ValueError, SyntaxError):
-            continue
-    return torch.stack(images) if images else None
 
 
 class Pretrainer:
@@ -137,7 +131,8 @@ class Pretrainer:
             if self.dist.world_size > 1
             else None
         )
-        self.viz_images = _visualization_batch(config, self.source, train.visualize_images)
+        viz_transform = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+        self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images)
         self.viz_noise = None
         if self.viz_images is not None:
             image_hw = tuple(self.viz_images.shape[-2:])
