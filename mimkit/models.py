@@ -12,6 +12,7 @@ from typing import Any
 
 from mimkit.config_schema import ConfigError, from_dict, to_dict
 from mimkit.methods.base import PretrainingModel
+from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
 from mimkit.methods.mae import MAE, MAEConfig
 
 _REGISTRY: dict[str, tuple[Callable[[Any], PretrainingModel], Any]] = {}
@@ -59,3 +60,37 @@ register_model("mae_vit_small_patch16", MAE, _mae(embed_dim=384, depth=12, num_h
 register_model("mae_vit_base_patch16", MAE, _mae(embed_dim=768, depth=12, num_heads=12))
 register_model("mae_vit_large_patch16", MAE, _mae(embed_dim=1024, depth=24, num_heads=16))
 register_model("mae_vit_huge_patch14", MAE, _mae(patch_size=14, embed_dim=1280, depth=32, num_heads=16))
+
+
+def _convmae(**fields: Any) -> ConvMAEConfig:
+    return dataclasses.replace(ConvMAEConfig(), **fields)
+
+
+# ConvMAE / MCMAE sizes of Table 7 (stage widths, depths, stage-3 heads, MLP ratios per stage), each with the
+# 8-block 512-wide decoder. The authors' decoder takes the stage-1 MLP ratio, so B*, L and H get 8x decoder
+# MLPs too. The tiny one is for CPU work and tests.
+register_model(
+    "convmae_tiny",
+    ConvMAE,
+    _convmae(
+        embed_dims=(32, 64, 128),
+        depths=(1, 1, 4),
+        num_heads=4,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    ),
+)
+register_model("convmae_small", ConvMAE, _convmae(embed_dims=(128, 256, 384), num_heads=6))
+register_model("convmae_base", ConvMAE, _convmae())
+register_model("convmae_base_star", ConvMAE, _convmae(mlp_ratios=(8.0, 8.0, 4.0)))
+register_model(
+    "convmae_large",
+    ConvMAE,
+    _convmae(embed_dims=(384, 768, 1024), depths=(2, 2, 23), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
+)
+register_model(
+    "convmae_huge",
+    ConvMAE,
+    _convmae(embed_dims=(768, 1024, 1280), depths=(2, 2, 31), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
+)

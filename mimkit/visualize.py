@@ -35,16 +35,31 @@ def reconstruction_grid(
         mu = patches.mean(dim=-1, keepdim=True)
         sigma = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         pred = pred * sigma + mu
-    mask = out["mask"].unsqueeze(-1)
     channels = images.shape[1]
-    masked = unpatchify(patches * (1 - mask), p, grid, channels)
+    mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
+    masked = images * (1 - mask)
     recon = unpatchify(pred, p, grid, channels)
-    pasted = unpatchify(patches * (1 - mask) + pred * mask, p, grid, channels)
+    pasted = masked + recon * mask
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     columns = [images, masked, recon, pasted]
     tiles = torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
     return tiles.flatten(0, 1)
+
+
+def mask_to_pixels(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    """``(B, M)`` row-major mask on a square-cell grid to a ``(B, 1, H, W)`` pixel mask.
+
+    The cell size is inferred from ``M``, so masks on any grid (16-px patches, ConvMAE's 4-px random cells)
+    can be drawn.
+    """
+    h, w = image_hw
+    cell = round((h * w / mask.shape[1]) ** 0.5)
+    gh, gw = grid_size(h, w, cell)
+    if gh * gw != mask.shape[1]:
+        raise ValueError(f"a mask of {mask.shape[1]} cells does not tile a {h}x{w} image")
+    cells = mask.reshape(-1, 1, gh, gw)
+    return cells.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
 
 
 def save_reconstruction_grid(tiles: torch.Tensor, path: str | Path) -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,3 +40,17 @@ def discover(method: str) -> list:
         reason = f"no parity cases under {folder} (set MIMKIT_PARITY_DIR)"
         return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id=f"{method}-none")]
     return [pytest.param(ParityCase(path.stem, json.loads(path.read_text()), folder), id=path.stem) for path in cases]
+
+
+def assert_gradient_norms(case: ParityCase, model: torch.nn.Module, map_key) -> None:
+    """After ``backward``: every trainable parameter's gradient norm equals the official float64 one
+    (``grad_norms_f64_hex``) to 1e-8 relative; ``map_key`` turns an official name into mimkit's."""
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    checked = 0
+    for official_name, norm_hex in case.spec["grad_norms_f64_hex"].items():
+        if norm_hex is None:
+            continue
+        name = map_key(official_name)
+        assert grads[name].norm().item() == pytest.approx(float.fromhex(norm_hex), rel=1e-8), name
+        checked += 1
+    assert checked == sum(1 for p in model.parameters() if p.requires_grad)

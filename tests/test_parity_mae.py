@@ -8,7 +8,7 @@ import torch
 from mimkit.methods.mae import MAE
 from mimkit.models import model_config
 from mimkit.official.mae import load_mae_weights, mae_config_from_official, map_mae_key
-from tests.parity_cases import discover
+from tests.parity_cases import assert_gradient_norms, discover
 
 CASES = discover("mae")
 
@@ -45,16 +45,7 @@ def test_parity_mae_float64_with_gradients(case):
     assert (out["per_patch_loss"] - outputs["per_patch_loss_f64"]).abs().max().item() <= 1e-10
     assert abs(out["loss"].item() - outputs["loss_normpix_f64"].item()) <= 1e-12
     out["loss"].backward()
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    checked = 0
-    for official_name, norm_hex in case.spec["grad_norms_f64_hex"].items():
-        if norm_hex is None:
-            continue
-        name = map_mae_key(official_name)
-        expected = float.fromhex(norm_hex)
-        assert grads[name].norm().item() == pytest.approx(expected, rel=1e-8), name
-        checked += 1
-    assert checked == sum(1 for p in model.parameters() if p.requires_grad)
+    assert_gradient_norms(case, model, map_mae_key)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -18,7 +18,11 @@ from mimkit.pos_embed import SinCosPositions
 
 
 class MAEDecoder(nn.Module):
-    """Decoder from ``(B, 1 + K, in_dim)`` encoder tokens (cls first) to ``(B, L, out_dim)`` predictions."""
+    """Decoder from ``(B, P + K, in_dim)`` encoder tokens to ``(B, L, out_dim)`` predictions.
+
+    ``num_prefix_tokens`` (P) is 1 when the encoder output starts with a class token (MAE) and 0 when it
+    has none (ConvMAE); prefix tokens take part in attention and are dropped from the predictions.
+    """
 
     def __init__(
         self,
@@ -30,8 +34,12 @@ class MAEDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_eps: float = 1e-6,
         default_grid: int = 14,
+        num_prefix_tokens: int = 1,
     ) -> None:
         super().__init__()
+        if num_prefix_tokens not in (0, 1):
+            raise ValueError(f"num_prefix_tokens must be 0 or 1, got {num_prefix_tokens}")
+        self.num_prefix_tokens = num_prefix_tokens
         self.embed = nn.Linear(in_dim, embed_dim)
         self.pos_embed = SinCosPositions(embed_dim, default_grid)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -47,11 +55,12 @@ class MAEDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         x = self.embed(latent)
-        cls, visible = x[:, :1], x[:, 1:]
+        prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
         num_masked = ids_restore.shape[1] - visible.shape[1]
         tokens = torch.cat([visible, self.mask_token.expand(x.shape[0], num_masked, -1)], dim=1)
         tokens = gather_tokens(tokens, ids_restore)
-        x = torch.cat([cls, tokens], dim=1) + self.pos_embed(grid)
+        pos = self.pos_embed(grid)[:, 1 - self.num_prefix_tokens :]
+        x = torch.cat([prefix, tokens], dim=1) + pos
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, 1:]
+        return self.pred(self.norm(x))[:, self.num_prefix_tokens :]

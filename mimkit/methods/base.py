@@ -28,6 +28,18 @@ class PretrainingModel(nn.Module):
         device = generator.device if generator is not None else self.device
         return torch.rand(self.noise_shape(batch_size, image_size), generator=generator, device=device)
 
+    def masking_noise(
+        self, images: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``noise`` checked against ``images``, or fresh noise drawn with ``generator`` when it is ``None``."""
+        image_hw = (images.shape[-2], images.shape[-1])
+        if noise is None:
+            return self.sample_noise(images.shape[0], image_hw, generator).to(images.device)
+        expected = self.noise_shape(images.shape[0], image_hw)
+        if tuple(noise.shape) != expected:
+            raise ValueError(f"noise must have shape {expected} for these images, got {tuple(noise.shape)}")
+        return noise
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

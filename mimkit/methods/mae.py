@@ -100,13 +100,8 @@ class MAE(PretrainingModel):
         ``noise`` ``(B, L)`` fixes the mask (smallest noise = visible); otherwise it is drawn with
         ``generator`` (or the global RNG).
         """
-        image_hw = (images.shape[-2], images.shape[-1])
-        grid = grid_size(*image_hw, self.patch_size)
-        if noise is None:
-            noise = self.sample_noise(images.shape[0], image_hw, generator).to(images.device)
-        expected = self.noise_shape(images.shape[0], image_hw)
-        if tuple(noise.shape) != expected:
-            raise ValueError(f"noise must have shape {expected} for these images, got {tuple(noise.shape)}")
+        grid = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
+        noise = self.masking_noise(images, noise, generator)
         mask = random_masking(noise, self.config.mask_ratio)
         latent = self.encoder(images, ids_keep=mask.ids_keep)
         pred = self.decoder(latent, mask.ids_restore, grid)

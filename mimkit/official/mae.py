@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.pos_embed import sincos_2d
+from mimkit.official.checkpoint import check_sincos_table, load_converted_weights
 
 _PREFIXES = (
     ("decoder_embed.", "decoder.embed."),
@@ -37,16 +37,6 @@ _PREFIXES = (
 )
 _FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
 _FINETUNE_ONLY = ("head.", "fc_norm.")
-
-
-def _check_sincos(name: str, table: torch.Tensor) -> None:
-    _, tokens, dim = table.shape
-    grid = int(round((tokens - 1) ** 0.5))
-    if grid * grid != tokens - 1:
-        raise ValueError(f"{name} has {tokens} rows, not a square grid plus a class row")
-    expected = sincos_2d(dim, grid, grid, with_cls_row=True)
-    if not torch.allclose(table[0].float(), expected, atol=1e-6):
-        raise ValueError(f"{name} is not the fixed sin-cos table mimkit recomputes; refusing to drop it silently")
 
 
 def map_mae_key(key: str) -> str | None:
@@ -67,7 +57,7 @@ def convert_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     converted = {}
     for key, value in state_dict.items():
         if key in _FIXED_TABLES:
-            _check_sincos(key, value)
+            check_sincos_table(key, value)
         name = map_mae_key(key)
         if name is not None:
             converted[name] = value
@@ -76,12 +66,7 @@ def convert_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 
 def load_mae_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], encoder_only: bool = False) -> None:
     """Load an official MAE state dict into a mimkit MAE model (strict on every key that should be there)."""
-    converted = convert_mae_state_dict(state_dict)
-    missing, unexpected = model.load_state_dict(converted, strict=False)
-    if encoder_only:
-        missing = [k for k in missing if k.startswith("encoder.")]
-    if missing or unexpected:
-        raise ValueError(f"MAE weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    load_converted_weights(model, convert_mae_state_dict(state_dict), "MAE", encoder_only)
 
 
 def mae_config_from_official(constructor_args: dict, mask_ratio: float = 0.75) -> dict:
