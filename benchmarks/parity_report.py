@@ -1,4 +1,4 @@
-"""Print the measured parity errors of every MAE case against the authors' reference tensors.
+"""Print the measured parity errors of every MAE and ConvMAE case against the authors' reference tensors.
 
     python benchmarks/parity_report.py            # uses $MIMKIT_PARITY_DIR or ../shared/parity
 
@@ -15,23 +15,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mimkit.methods.mae import MAE  # noqa: E402
-from mimkit.models import model_config  # noqa: E402
+from mimkit.models import create_model  # noqa: E402
+from mimkit.official.convmae import convmae_config_from_official, load_convmae_weights  # noqa: E402
 from mimkit.official.mae import load_mae_weights, mae_config_from_official  # noqa: E402
 from tests.parity_cases import discover  # noqa: E402
 
+METHODS = {
+    "mae": ("mae_vit_base_patch16", mae_config_from_official, load_mae_weights),
+    "convmae": ("convmae_base", convmae_config_from_official, load_convmae_weights),
+}
 
-def report_mae() -> None:
-    for param in discover("mae"):
+
+def report(method: str) -> None:
+    base_name, config_from_official, load_weights = METHODS[method]
+    for param in discover(method):
         case = param.values[0]
         if case is None:
-            print("no MAE parity cases found")
+            print(f"no {method} parity cases found")
             return
-        fields = mae_config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
+        fields = config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
         inputs, outputs = case.tensors("inputs"), case.tensors("outputs")
         for dtype in (torch.float32, torch.float64):
-            model = MAE(model_config("mae_vit_base_patch16", **fields))
-            load_mae_weights(model, case.tensors("weights"))
+            model = create_model(base_name, **fields)
+            load_weights(model, case.tensors("weights"))
             model = model.to(dtype)
             with torch.no_grad():
                 out = model(inputs["images"].to(dtype), noise=inputs["noise"])
@@ -43,9 +49,10 @@ def report_mae() -> None:
             if dtype == torch.float32:
                 errors["loss_vs_official_f32"] = abs(out["loss"].item() - outputs["loss_normpix_f32"].item())
             text = "  ".join(f"{k} {v:.2e}" for k, v in errors.items())
-            print(f"mae/{case.name} {str(dtype).removeprefix('torch.'):8s} max abs error: {text}")
+            print(f"{method}/{case.name} {str(dtype).removeprefix('torch.'):8s} max abs error: {text}")
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    report_mae()
+    for name in METHODS:
+        report(name)

@@ -144,3 +144,30 @@ def test_cli_resume_flag_is_not_confused_with_overrides(tmp_path):
 def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
     summary = pretrain(tiny_config("train.precision=bf16", "optim.clip_grad=0.5", "train.max_steps=2"))
     assert summary.steps == 2 and math.isfinite(summary.last_loss)
+
+
+@pytest.mark.parametrize("masking", ["block", "random"])
+def test_tiny_convmae_pretrains_from_the_cli_and_draws_its_reconstructions(tmp_path, masking):
+    from PIL import Image
+
+    output = tmp_path / "convmae"
+    args = [
+        "pretrain",
+        "--config",
+        "convmae/convmae_tiny_samples.yaml",
+        "--output",
+        str(output),
+        f"model.args.masking={masking}",
+        "data.img_size=64",
+        "data.samples_per_epoch=16",
+        "data.num_workers=0",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.visualize_images=2",
+    ]
+    assert main(args) == 0
+    losses = _losses(output)
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    picture = output / "reconstructions" / "epoch_0001.png"
+    with Image.open(picture) as image:
+        assert image.size == (4 * 64 + 5 * 2, 2 * 64 + 3 * 2)

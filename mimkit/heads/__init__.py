@@ -1,5 +1,6 @@
 """Prediction heads: decoders that turn encoder tokens into per-patch predictions."""
 
 from mimkit.heads.mae_decoder import MAEDecoder
+from mimkit.heads.multiscale_fusion import MultiScaleFusion
 
-__all__ = ["MAEDecoder"]
+__all__ = ["MultiScaleFusion", "MAEDecoder"]
