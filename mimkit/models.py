@@ -14,6 +14,7 @@ from mimkit.config_schema import ConfigError, from_dict, to_dict
 from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
 from mimkit.methods.mae import MAE, MAEConfig
+from mimkit.methods.mixmae import MixMAE, MixMAEConfig
 
 _REGISTRY: dict[str, tuple[Callable[[Any], PretrainingModel], Any]] = {}
 
@@ -94,3 +95,28 @@ register_model(
     ConvMAE,
     _convmae(embed_dims=(768, 1024, 1280), depths=(2, 2, 31), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
 )
+
+
+def _mixmae(**fields: Any) -> MixMAEConfig:
+    return dataclasses.replace(MixMAEConfig(), **fields)
+
+
+# MixMAE sizes of Sec. 3.2: Swin with 14x14 windows in stages 1-3 and 7x7 in stage 4 (global at 224 px), widths
+# C*(1, 2, 4, 8), each with the 8-block 512-wide decoder. The tiny one (8x8 windows, global from stage 3 at
+# 128 px) is for CPU work and tests.
+register_model(
+    "mixmae_swin_tiny",
+    MixMAE,
+    _mixmae(
+        embed_dim=32,
+        depths=(1, 1, 2, 1),
+        num_heads=(1, 2, 4, 8),
+        window_sizes=(8, 8, 8, 4),
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+    ),
+)
+register_model("mixmae_swin_base_w14", MixMAE, _mixmae())
+register_model("mixmae_swin_large_w14", MixMAE, _mixmae(embed_dim=192, num_heads=(6, 12, 24, 48)))
+register_model("mixmae_swin_huge_w14", MixMAE, _mixmae(embed_dim=352, num_heads=(11, 22, 44, 88)))

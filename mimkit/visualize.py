@@ -1,5 +1,8 @@
 """Reconstruction pictures: one row per image, columns original | masked | reconstruction |
-reconstruction with the visible patches pasted back (as in MAE's Figure 2)."""
+reconstruction with the visible patches pasted back (as in MAE's Figure 2).
+
+For mixing methods (MixMAE) a row is one mixed input: the mixed image, then for each of its source images the
+original and its reconstruction with the regions the encoder saw pasted back."""
 
 from __future__ import annotations
 
@@ -21,30 +24,51 @@ def reconstruction_grid(
     std: Sequence[float],
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(4*B, C, H, W)`` tiles in [0, 1], row-major by image, for :func:`save_reconstruction_grid`."""
+    """``(rows, columns, C, H, W)`` tiles in [0, 1] for :func:`save_reconstruction_grid`."""
     was_training = model.training
     model.eval()
     out = model(images, noise=noise)
     model.train(was_training)
+    if "mix_sources" in out:
+        columns = _mixed_input_columns(model, images, out)
+    else:
+        mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
+        masked = images * (1 - mask)
+        recon = _prediction_pixels(model, images, out["pred"])
+        columns = [images, masked, recon, masked + recon * mask]
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
+
+
+def _prediction_pixels(model: PretrainingModel, images: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Per-patch predictions of ``images`` as pixels (undoing the per-patch normalization of norm-pix targets)."""
     p = model.patch_size
     grid = grid_size(images.shape[-2], images.shape[-1], p)
-    patches = patchify(images, p)
-    pred = out["pred"].float()
+    pred = pred.float()
     if getattr(getattr(model, "config", None), "norm_pix_loss", False):
         # Predictions are in per-patch normalized units; map them back with the true patch statistics.
+        patches = patchify(images, p)
         mu = patches.mean(dim=-1, keepdim=True)
         sigma = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         pred = pred * sigma + mu
-    channels = images.shape[1]
-    mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
-    masked = images * (1 - mask)
-    recon = unpatchify(pred, p, grid, channels)
-    pasted = masked + recon * mask
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    columns = [images, masked, recon, pasted]
-    tiles = torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
-    return tiles.flatten(0, 1)
+    return unpatchify(pred, p, grid, images.shape[1])
+
+
+def _mixed_input_columns(model: PretrainingModel, images: torch.Tensor, out: dict) -> list[torch.Tensor]:
+    """Mixed image, then (source, reconstruction with its visible regions pasted) for every source."""
+    sources, labels = out["mix_sources"], out["mix_labels"]
+    num_mixed, k = sources.shape
+    hw = tuple(images.shape[-2:])
+    columns = [torch.zeros(num_mixed, *images.shape[1:], device=images.device)]
+    for branch in range(k):
+        source = images[sources[:, branch]]
+        visible = 1 - mask_to_pixels((labels != branch).float(), hw).expand(num_mixed, -1, -1, -1)
+        columns[0] = columns[0] + source * visible
+        rows = slice(branch * num_mixed, (branch + 1) * num_mixed)
+        recon = _prediction_pixels(model, source, out["x_rec"][rows])
+        columns += [source, source * visible + recon * (1 - visible)]
+    return columns
 
 
 def mask_to_pixels(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -63,8 +87,8 @@ def mask_to_pixels(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tenso
 
 
 def save_reconstruction_grid(tiles: torch.Tensor, path: str | Path) -> Path:
-    """Write the tiles as a PNG, four columns per row."""
+    """Write ``(rows, columns, C, H, W)`` tiles as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(tiles, str(path), nrow=4, padding=2, pad_value=1.0)
+    save_image(tiles.flatten(0, 1), str(path), nrow=tiles.shape[1], padding=2, pad_value=1.0)
     return path

@@ -146,18 +146,27 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
     assert summary.steps == 2 and math.isfinite(summary.last_loss)
 
 
-@pytest.mark.parametrize("masking", ["block", "random"])
-def test_tiny_convmae_pretrains_from_the_cli_and_draws_its_reconstructions(tmp_path, masking):
+@pytest.mark.parametrize(
+    "config, extra, columns",
+    [
+        pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=block", 4, id="convmae-block"),
+        pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=random", 4, id="convmae-random"),
+        pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
+    ],
+)
+def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):
+    """Each method's shipped tiny config runs from the CLI; MixMAE's rows show the mixed input and both
+    reconstructions (mixed | image A | reconstruction | image B | reconstruction)."""
     from PIL import Image
 
-    output = tmp_path / "convmae"
+    output = tmp_path / "run"
     args = [
         "pretrain",
         "--config",
-        "convmae/convmae_tiny_samples.yaml",
+        config,
         "--output",
         str(output),
-        f"model.args.masking={masking}",
+        extra,
         "data.img_size=64",
         "data.samples_per_epoch=16",
         "data.num_workers=0",
@@ -168,6 +177,5 @@ def test_tiny_convmae_pretrains_from_the_cli_and_draws_its_reconstructions(tmp_p
     assert main(args) == 0
     losses = _losses(output)
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
-    picture = output / "reconstructions" / "epoch_0001.png"
-    with Image.open(picture) as image:
-        assert image.size == (4 * 64 + 5 * 2, 2 * 64 + 3 * 2)
+    with Image.open(output / "reconstructions" / "epoch_0001.png") as image:
+        assert image.size == (columns * 64 + (columns + 1) * 2, 2 * 64 + 3 * 2)

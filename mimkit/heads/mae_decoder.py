@@ -59,8 +59,12 @@ class MAEDecoder(nn.Module):
         num_masked = ids_restore.shape[1] - visible.shape[1]
         tokens = torch.cat([visible, self.mask_token.expand(x.shape[0], num_masked, -1)], dim=1)
         tokens = gather_tokens(tokens, ids_restore)
-        pos = self.pos_embed(grid)[:, 1 - self.num_prefix_tokens :]
-        x = torch.cat([prefix, tokens], dim=1) + pos
+        return self.decode(torch.cat([prefix, tokens], dim=1), grid)
+
+    def decode(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Predictions for already embedded tokens of the whole grid (prefix tokens first, then row-major):
+        positions, blocks, norm, output projection; prefix tokens are dropped from the result."""
+        x = tokens + self.pos_embed(grid)[:, 1 - self.num_prefix_tokens :]
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, self.num_prefix_tokens :]

@@ -3,5 +3,6 @@
 from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
 from mimkit.methods.mae import MAE, MAEConfig
+from mimkit.methods.mixmae import MixMAE, MixMAEConfig
 
-__all__ = ["ConvMAE", "ConvMAEConfig", "MAE", "MAEConfig", "PretrainingModel"]
+__all__ = ["ConvMAE", "ConvMAEConfig", "MAE", "MAEConfig", "MixMAE", "MixMAEConfig", "PretrainingModel"]

@@ -70,3 +70,11 @@ def load_converted_weights(
         missing = [k for k in missing if k.startswith("encoder.")]
     if missing or unexpected:
         raise ValueError(f"{method} weights do not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def rename_by_prefix(key: str, prefixes: tuple[tuple[str, str], ...], method: str) -> str:
+    """``key`` with the first matching official prefix replaced by mimkit's; unknown keys raise ``KeyError``."""
+    for old, new in prefixes:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"unexpected key in {method} state dict: '{key}'")

@@ -26,7 +26,7 @@ import re
 import torch
 from torch import nn
 
-from mimkit.official.checkpoint import check_sincos_table, load_converted_weights
+from mimkit.official.checkpoint import check_sincos_table, load_converted_weights, rename_by_prefix
 
 _PREFIXES = (
     ("decoder_embed.", "decoder.embed."),
@@ -51,10 +51,7 @@ def map_convmae_key(key: str) -> str | None:
     if key in _FIXED_TABLES or key.startswith(_FINETUNE_ONLY):
         return None
     key = _CONV_BLOCK_ATTN.sub(r"\1dwconv.", key)
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    raise KeyError(f"unexpected key in ConvMAE state dict: '{key}'")
+    return rename_by_prefix(key, _PREFIXES, "ConvMAE")
 
 
 def convert_convmae_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.official.checkpoint import check_sincos_table, load_converted_weights
+from mimkit.official.checkpoint import check_sincos_table, load_converted_weights, rename_by_prefix
 
 _PREFIXES = (
     ("decoder_embed.", "decoder.embed."),
@@ -43,10 +43,7 @@ def map_mae_key(key: str) -> str | None:
     """mimkit's name for one official MAE key; ``None`` for keys that are not loaded (fixed tables, head)."""
     if key in _FIXED_TABLES or key.startswith(_FINETUNE_ONLY):
         return None
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    raise KeyError(f"unexpected key in MAE state dict: '{key}'")
+    return rename_by_prefix(key, _PREFIXES, "MAE")
 
 
 def convert_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,47 @@
+"""Median time of one full pretraining step (forward, loss, backward, AdamW) for any registered models.
+
+python benchmarks/pretrain_step.py --models mixmae_swin_tiny mixmae_swin_base_w14 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import mimkit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mixmae_swin_tiny", "mixmae_swin_base_w14"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    size = (args.image_size, args.image_size)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {size[0]} px, fp32")
+    print(f"{'model':<24} {'median s':>9} {'min s':>7} {'max s':>7} {'img/s':>7}")
+    images = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    for name in args.models:
+        torch.manual_seed(0)
+        model = mimkit.create_model(name, img_size=args.image_size)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        noise = model.sample_noise(args.batch, size, torch.Generator().manual_seed(1))
+        times = []
+        for index in range(args.warmup + args.repeats):
+            start = time.perf_counter()
+            model(images, noise=noise)["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if index >= args.warmup:
+                times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        print(f"{name:<24} {median:>9.3f} {min(times):>7.3f} {max(times):>7.3f} {args.batch / median:>7.1f}")
+
+
+if __name__ == "__main__":
+    main()

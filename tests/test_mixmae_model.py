@@ -1,0 +1,117 @@
+"""MixMAE behaviour: group isolation of masked self-attention, mixing modes, sizes, dense features."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchvision.ops import FeaturePyramidNetwork
+
+import mimkit
+from mimkit.config_schema import ConfigError
+from mimkit.masking_mix import kway_mix_mask, pair_mix_mask
+from mimkit.official.mixmim import map_mixmim_key
+from tests.parity_cases import parity_dir
+
+SMALL = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), decoder_embed_dim=16, decoder_num_heads=2)
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    return mimkit.create_model("mixmae_swin_tiny", **{**SMALL, **overrides}).eval()
+
+
+@pytest.mark.parametrize(
+    "overrides, batch, size",
+    [
+        pytest.param({}, 4, (64, 96), id="pair"),
+        pytest.param({"mixing": "kway", "num_images": 4}, 8, (128, 128), id="kway4"),
+        pytest.param({"window_sizes": (3, 3, 3, 3)}, 2, (96, 96), id="padded-windows"),
+    ],
+)
+def test_changing_the_other_images_of_a_mix_leaves_an_images_reconstruction_unchanged(overrides, batch, size):
+    """Masked self-attention: a token only attends to tokens of its own image, so the branch that
+    reconstructs image 0 from mixed input 0 cannot see any other image."""
+    model = _model(**overrides)
+    images = torch.randn(batch, 3, *size)
+    noise = model.sample_noise(batch, size, torch.Generator().manual_seed(2))
+    changed = images.clone()
+    changed[1:] = torch.randn_like(changed[1:]) * 3
+    with torch.no_grad():
+        before, after = model(images, noise=noise), model(changed, noise=noise)
+    assert before["mix_sources"][0, 0] == 0
+    assert torch.equal(before["x_rec"][0], after["x_rec"][0])
+    assert not torch.equal(before["x_rec"][1], after["x_rec"][1])
+
+
+def test_pair_mixing_follows_the_authors_code():
+    noise = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7])
+    mix = pair_mix_mask(noise, batch_size=4, mask_ratio=0.5)
+    assert mix.sources.tolist() == [[0, 3], [1, 2], [2, 1], [3, 0]]
+    assert mix.labels.tolist() == [[0, 1, 0, 1, 0]]  # the int(5 * 0.5) = 2 smallest noise values take the partner
+
+
+def test_kway_mixing_gives_each_image_a_near_equal_share():
+    mix = kway_mix_mask(torch.rand(3, 49, generator=torch.Generator().manual_seed(0)), num_images=4)
+    assert mix.sources.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    counts = torch.stack([(mix.labels == k).sum(dim=1) for k in range(4)], dim=1)
+    assert counts.min() >= 12 and counts.max() <= 13
+
+
+def test_pair_mode_reconstructs_every_region_once_and_kway_the_hidden_ones():
+    images = torch.randn(4, 3, 64, 64)
+    pair = _model()(images)
+    assert pair["pred"].shape == (4, 4, 32 * 32 * 3) and pair["x_rec"].shape == (8, 4, 3072)
+    assert pair["mask"].shape == (4, 4) and pair["mask"].sum().item() == 4 * 2
+    kway = _model(mixing="kway", num_images=4)(images)
+    assert kway["x_rec"].shape == (4, 4, 3072)  # one mixed input of 4 images, one branch each
+    assert torch.equal(kway["mask"].sum(dim=1), torch.full((4,), 3.0))  # each image keeps 1 of 4 regions
+
+
+def test_feature_maps_feed_a_feature_pyramid_at_a_non_square_size():
+    model = _model()
+    maps = model.encoder_module().feature_maps(torch.randn(1, 3, 96, 160))
+    assert [tuple(m.shape) for m in maps] == [(1, 8, 24, 40), (1, 16, 12, 20), (1, 32, 6, 10), (1, 64, 3, 5)]
+    pyramid = FeaturePyramidNetwork([8, 16, 32, 64], out_channels=8)({str(i): m for i, m in enumerate(maps)})
+    assert [tuple(p.shape[-2:]) for p in pyramid.values()] == [(24, 40), (12, 20), (6, 10), (3, 5)]
+
+
+def _layout():
+    path = parity_dir() / "mixmim" / "base_state_dict_layout.json"
+    if not path.is_file():
+        pytest.skip(f"no parity layout at {path}")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "name, variant",
+    [("mixmae_swin_base_w14", None), ("mixmae_swin_large_w14", "large"), ("mixmae_swin_huge_w14", "huge")],
+)
+def test_parameters_equal_the_authors_code(name, variant):
+    """Every official key maps onto a parameter of the same size; trainable counts are equal (the official
+    totals also hold the fixed sin-cos tables, recomputed by mimkit)."""
+    layout = _layout()
+    spec = layout["base"] if variant is None else layout["other_variants"][variant]
+    with torch.device("meta"):
+        model = mimkit.create_model(name)
+    params = dict(model.named_parameters())
+    mapped = {}
+    for entry in spec["state_dict"]:
+        target = map_mixmim_key(entry["key"])
+        if target is not None:
+            mapped[target] = torch.Size(entry["shape"]).numel()
+    assert set(mapped) == set(params)
+    assert all(params[key].numel() == size for key, size in mapped.items())
+    assert sum(p.numel() for p in params.values()) == spec["params_trainable"]
+
+
+def test_bad_inputs_get_clear_errors():
+    with pytest.raises(ValueError, match="not divisible by the patch size 32"):
+        _model()(torch.randn(2, 3, 48, 64))
+    with pytest.raises(ValueError, match="batch divisible by num_images=4"):
+        _model(mixing="kway", num_images=4)(torch.randn(6, 3, 64, 64))
+    with pytest.raises(ConfigError, match="mixes exactly 2 images"):
+        mimkit.create_model("mixmae_swin_tiny", num_images=3)
+    with pytest.raises(ConfigError, match="model.mixing"):
+        mimkit.create_model("mixmae_swin_tiny", mixing="triple")

@@ -1,0 +1,67 @@
+"""MixMAE parity against tensors produced by the authors' released MixMIM code (parity README 5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimkit.methods.mixmae import MixMAE, mix_tokens
+from mimkit.models import model_config
+from mimkit.official.mixmim import load_mixmim_weights, map_mixmim_key, mixmae_config_from_official
+from tests.parity_cases import assert_gradient_norms, discover
+
+CASES = discover("mixmim")
+
+
+def _build(case, dtype: torch.dtype, **extra) -> tuple[MixMAE, dict, torch.Tensor]:
+    fields = mixmae_config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
+    model = MixMAE(model_config("mixmae_swin_base_w14", **{**fields, **extra}))
+    load_mixmim_weights(model, case.tensors("weights"))
+    inputs = case.tensors("inputs")
+    batch = inputs["images"].shape[0]
+    noise = inputs["noise"].reshape(1, -1).expand(batch, -1)  # one label map per batch, drawn from row 0
+    return model.to(dtype), inputs, noise
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mixmim_float32(case):
+    model, inputs, noise = _build(case, torch.float32)
+    outputs = case.tensors("outputs")
+    with torch.no_grad():
+        out = model(inputs["images"], noise=noise)
+        mix = model.mix_mask(noise)
+        groups = mix.labels.reshape(-1, 7, 7)
+        mixed = mix_tokens(model.encoder.embed(inputs["images"]), mix, groups)
+        mixed = mixed + model.encoder.absolute_pos_embed((56, 56))[:, 1:].reshape(1, 56, 56, -1)
+    assert torch.equal(out["mix_labels"].float().reshape(inputs["mask_s4"].shape), inputs["mask_s4"])
+    assert torch.equal(out["mask"].float(), inputs["mask_s4"].reshape(1, -1).expand(2, -1))
+    assert (mixed.flatten(1, 2) - outputs["mixed_tokens_f32"]).abs().max().item() <= 1e-5
+    assert (out["x_rec"].double() - outputs["x_rec_f64"]).abs().max().item() <= 1e-5
+    assert (out["latent"] - outputs["z_f32"]).abs().max().item() <= 1e-5
+    assert abs(out["loss"].item() - outputs["loss_normpix_f64"].item()) <= 1e-5
+    assert abs(out["loss"].item() - outputs["loss_normpix_f32"].item()) <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mixmim_float64_with_gradients(case):
+    model, inputs, noise = _build(case, torch.float64)
+    outputs = case.tensors("outputs")
+    images = inputs["images"].double()
+    out = model(images, noise=noise)
+    assert (out["x_rec"] - outputs["x_rec_f64"]).abs().max().item() <= 1e-10
+    assert (out["latent"] - outputs["z_f64"]).abs().max().item() <= 1e-10
+    assert abs(out["loss"].item() - outputs["loss_normpix_f64"].item()) <= 1e-12
+    with torch.no_grad():
+        mix = model.mix_mask(noise)
+        groups = mix.labels.reshape(-1, 7, 7)
+        _, stages = model.encoder.encode(mix_tokens(model.encoder.embed(images), mix, groups), groups)
+    assert (stages[3].flatten(2).transpose(1, 2) - outputs["layer3_out_f64"]).abs().max().item() <= 1e-10
+    out["loss"].backward()
+    assert_gradient_norms(case, model, map_mixmim_key)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_parity_mixmim_pixel_loss(case):
+    model, inputs, noise = _build(case, torch.float64, norm_pix_loss=False)
+    out = model(inputs["images"].double(), noise=noise)
+    assert abs(out["loss"].item() - case.tensors("outputs")["loss_pixel_f64"].item()) <= 1e-10
