@@ -47,6 +47,28 @@ def from_windows(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, h, w, *rest)
 
 
+def window_group_mask(
+    groups: torch.Tensor | None, height: int, width: int, window: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Additive attention mask ``(B or 1, nW, 1, N, N)``: 0 within a group, -inf across groups.
+
+    ``groups`` ``(B or 1, H, W)`` integer labels or ``None``. When the map does not fill whole windows it is
+    padded and the padding gets its own group; ``None`` is returned when there is nothing to mask. Built once
+    per stage and shared by all of its blocks.
+    """
+    pad_h, pad_w = (-height) % window, (-width) % window
+    if pad_h or pad_w:
+        if groups is None:
+            groups = torch.zeros(1, height, width, dtype=torch.long)
+        groups = F.pad(groups, (0, pad_w, 0, pad_h), value=PAD_GROUP)
+    if groups is None:
+        return None
+    labels = to_windows(groups, window)
+    same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
+    blocked = torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill_(~same, float("-inf"))
+    return blocked.unsqueeze(2)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside a window, with relative position bias and an optional group mask."""
 
@@ -68,15 +90,13 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, nW, N, C)``; ``groups`` ``(B or 1, nW, N)`` labels or ``None`` (attend to the whole window)."""
+    def forward(self, x: torch.Tensor, group_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, nW, N, C)``; ``group_mask`` from :func:`window_group_mask`, or ``None`` (whole window)."""
         b, nw, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
         bias = self.position_bias().to(q.dtype)
-        if groups is not None:
-            same = groups.unsqueeze(-1) == groups.unsqueeze(-2)
-            blocked = torch.zeros(same.shape, dtype=q.dtype, device=q.device).masked_fill_(~same, float("-inf"))
-            bias = bias + blocked.unsqueeze(2)
+        if group_mask is not None:
+            bias = bias + group_mask
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
 
@@ -93,18 +113,14 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(B, H, W, C)``; ``groups`` ``(B or 1, H, W)`` integer labels or ``None``."""
+    def forward(self, x: torch.Tensor, group_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, H, W, C)``; ``group_mask`` from :func:`window_group_mask` for this map and window."""
         b, h, w, c = x.shape
         pad_h, pad_w = (-h) % self.window, (-w) % self.window
         y = self.norm1(x)
         if pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
-            if groups is None:
-                groups = torch.zeros(1, h, w, dtype=torch.long, device=x.device)
-            groups = F.pad(groups, (0, pad_w, 0, pad_h), value=PAD_GROUP)
-        window_groups = to_windows(groups, self.window) if groups is not None else None
-        y = self.attn(to_windows(y, self.window), window_groups)
+        y = self.attn(to_windows(y, self.window), group_mask)
         y = from_windows(y, self.window, h + pad_h, w + pad_w)[:, :h, :w]
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -197,8 +213,11 @@ class SwinEncoder(nn.Module):
         for stage, layer in enumerate(self.layers):
             factor = 8 // 2**stage
             labels = groups.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if groups is not None else None
+            mask = window_group_mask(labels, x.shape[1], x.shape[2], layer.blocks[0].window, x.dtype)
+            if mask is not None:
+                mask = mask.to(x.device)
             for block in layer.blocks:
-                x = block(x, labels)
+                x = block(x, mask)
             stage_maps.append(x.permute(0, 3, 1, 2))
             if layer.downsample is not None:
                 x = layer.downsample(x)

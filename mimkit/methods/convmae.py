@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
+from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder, ConvViTFeatures
 from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.heads.multiscale_fusion import MultiScaleFusion
 from mimkit.losses import masked_mse
@@ -127,6 +127,11 @@ class ConvMAE(PretrainingModel):
     def encoder_module(self) -> ConvViTEncoder:
         return self.encoder
 
+    def fused_latent(self, features: ConvViTFeatures) -> torch.Tensor:
+        """The decoder's input: the normed stage-3 tokens, plus the stage-1/2 projections with the
+        multi-scale decoder (Eq. 1)."""
+        return self.encoder.norm(self.fusion(features) if self.fusion is not None else features.stage3)
+
     def forward(
         self,
         images: torch.Tensor,
@@ -153,7 +158,7 @@ class ConvMAE(PretrainingModel):
             visibility=conv_visibility,
             dense_conv_stages=not (self.config.skip_masked_regions and self.config.masked_conv),
         )
-        latent = self.encoder.norm(self.fusion(features) if self.fusion is not None else features.stage3)
+        latent = self.fused_latent(features)
         pred = self.decoder(latent, mask.ids_restore, grid)
         loss, per_patch_loss = masked_mse(pred, target, mask.mask)
         return {
@@ -174,7 +179,7 @@ class ConvMAE(PretrainingModel):
         r = CELLS_PER_TOKEN
         cell_mask = mask.mask.reshape(batch, gh, r, gw, r).transpose(2, 3).reshape(batch, gh * gw, r, r)
         features = self.encoder(images, visibility=1 - cell_mask, dense_conv_stages=True)
-        latent = self.encoder.norm(self.fusion(features) if self.fusion is not None else features.stage3)
+        latent = self.fused_latent(features)
         ids_restore = torch.arange(gh * gw, device=images.device).expand(batch, -1)
         pred = self.decoder(latent, ids_restore, grid)
         per_cell = (pred - target).pow(2).reshape(batch, gh * gw, r, TOKEN_SIZE // r, r, -1).mean(dim=(3, 5))
