@@ -152,6 +152,8 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=block", 4, id="convmae-block"),
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=random", 4, id="convmae-random"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
+        pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.fill=zero", 3, id="mixmae-zero-fill"),
+        pytest.param("mixmae/mixmae_vit_tiny_samples.yaml", "model.args.separation=mix_embedding", 5, id="mixmae-vit"),
     ],
 )
 def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):

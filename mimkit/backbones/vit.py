@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import PatchEmbed
@@ -55,6 +56,22 @@ class VisionTransformerEncoder(nn.Module):
         )
         self.norm = norm_layer(embed_dim)
         self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: Any) -> VisionTransformerEncoder:
+        """The encoder a method config describes (its ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``,
+        ``num_heads``, ``mlp_ratio``, ``norm_eps``, ``img_size`` and ``drop_path_rate`` fields)."""
+        return cls(
+            patch_size=config.patch_size,
+            in_chans=config.in_chans,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            norm_eps=config.norm_eps,
+            img_size=config.img_size,
+            drop_path_rate=config.drop_path_rate,
+        )
 
     def _init_weights(self) -> None:
         """MAE initialisation: xavier-uniform linears and patch projection, cls token N(0, 0.02)."""

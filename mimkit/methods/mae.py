@@ -60,27 +60,8 @@ class MAE(PretrainingModel):
         self.config = config
         self.patch_size = config.patch_size
         self.in_chans = config.in_chans
-        self.encoder = VisionTransformerEncoder(
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-        self.decoder = MAEDecoder(
-            in_dim=config.embed_dim,
-            out_dim=config.patch_size**2 * config.in_chans,
-            embed_dim=config.decoder_embed_dim,
-            depth=config.decoder_depth,
-            num_heads=config.decoder_num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            default_grid=config.img_size // config.patch_size,
-        )
+        self.encoder = VisionTransformerEncoder.from_config(config)
+        self.decoder = MAEDecoder.for_pixels(config, config.embed_dim, config.patch_size, 1, config.norm_eps)
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:
         gh, gw = grid_size(image_size[0], image_size[1], self.patch_size)
