@@ -7,6 +7,7 @@ any field of that configuration, with errors that name the field.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from mimkit.config_schema import ConfigError, from_dict, to_dict
@@ -14,6 +15,8 @@ from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
 from mimkit.methods.mae import MAE, MAEConfig
 from mimkit.methods.mixmae import MixMAE, MixMAEConfig, MixMAEViT, MixMAEViTConfig
+from mimkit.methods.mrmae import MRMAE, MRMCMAE, MRMAEConfig, MRMCMAEConfig
+from mimkit.teachers import TeacherConfig
 
 _REGISTRY: dict[str, tuple[Callable[[Any], PretrainingModel], Any]] = {}
 
@@ -35,7 +38,18 @@ def model_config(name: str, **overrides: Any) -> Any:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(list_models())}")
     _, base = _REGISTRY[name]
-    return from_dict(type(base), {**to_dict(base), **overrides}, prefix="model")
+    return from_dict(type(base), _merged(to_dict(base), to_dict(overrides)), prefix="model")
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    """``base`` updated by ``overrides``, nested sections merged key by key (``teacher.weights=...`` keeps the
+    teacher's other fields); a section set to something other than a mapping replaces it whole."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 def create_model(name: str, **overrides: Any) -> PretrainingModel:
@@ -117,3 +131,45 @@ register_model(
     MixMAEViTConfig(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
 )
 register_model("mixmae_vit_base_patch16", MixMAEViT, MixMAEViTConfig())
+
+
+# MR-MAE (paper 003): MAE's ViT-B/16 with its 8-block 512-wide decoder, mask ratio 0.75, mimicking the CLIP
+# ViT-B/16 image tower (Sec. 4.1 default teacher) on the student's 14x14 grid; loss 0.5 L_M + 0.5 L_R. The teacher
+# weights file is a path the user sets (model.args.teacher.weights). `mrmae_vit_base` is Table 3's second row
+# (no tricks); the recipes in configs/mrmae turn the tricks on. The tiny one is for CPU work and tests.
+CLIP_B16 = TeacherConfig(kind="timm_vit", name="vit_base_patch16_clip_224.openai")
+register_model(
+    "mrmae_vit_tiny",
+    MRMAE,
+    MRMAEConfig(
+        embed_dim=192,
+        depth=12,
+        num_heads=3,
+        decoder_embed_dim=128,
+        decoder_depth=2,
+        decoder_num_heads=4,
+        teacher=CLIP_B16,
+    ),
+)
+register_model("mrmae_vit_base", MRMAE, MRMAEConfig(teacher=CLIP_B16))
+
+# MR-MCMAE (Sec. 3.3; Table 4 sizes, which are ConvMAE's): ConvViT encoder, block-wise masking, multi-scale decoder
+# input, focused mimicking and multi-layer fusion of evenly spaced stage-3 blocks ending at the last (our choice;
+# the paper does not list them). The tiny one is for CPU work and tests.
+for _size, _fusion_layers in (
+    ("tiny", (1, 3)),
+    ("small", (2, 6, 10)),
+    ("base", (2, 6, 10)),
+    ("large", (6, 14, 22)),
+    ("huge", (6, 14, 22, 30)),
+):
+    register_model(
+        f"mrmcmae_{_size}",
+        MRMCMAE,
+        MRMCMAEConfig(
+            **asdict(model_config(f"convmae_{_size}")),
+            teacher=CLIP_B16,
+            focused_mimicking=True,
+            fusion_layers=_fusion_layers,
+        ),
+    )

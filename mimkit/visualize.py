@@ -34,8 +34,10 @@ def reconstruction_grid(
     else:
         mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
         masked = images * (1 - mask)
-        recon = _prediction_pixels(model, images, out["pred"])
-        columns = [images, masked, recon, masked + recon * mask]
+        columns = [images, masked]
+        if getattr(model, "predicts_pixels", True):  # MR-MAE's high-level-only variant has no pixel decoder
+            recon = _prediction_pixels(model, images, out["pred"])
+            columns += [recon, masked + recon * mask]
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)

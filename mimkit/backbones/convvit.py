@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -149,6 +150,22 @@ class ConvViTEncoder(nn.Module):
         self.norm = norm_layer(c3)
         for module in self.modules():
             init_mae_weights(module)
+
+    @classmethod
+    def from_config(cls, config: Any) -> ConvViTEncoder:
+        """The encoder a method config describes (its ``in_chans``, ``embed_dims``, ``depths``, ``num_heads``,
+        ``mlp_ratios``, ``kernel_size``, ``norm_eps``, ``img_size`` and ``drop_path_rate`` fields)."""
+        return cls(
+            in_chans=config.in_chans,
+            embed_dims=config.embed_dims,
+            depths=config.depths,
+            num_heads=config.num_heads,
+            mlp_ratios=config.mlp_ratios,
+            kernel_size=config.kernel_size,
+            norm_eps=config.norm_eps,
+            img_size=config.img_size,
+            drop_path_rate=config.drop_path_rate,
+        )
 
     def forward(
         self,

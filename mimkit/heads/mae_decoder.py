@@ -63,12 +63,16 @@ class MAEDecoder(nn.Module):
         num_prefix_tokens: int,
         norm_eps: float = 1e-6,
         mlp_ratio: float | None = None,
+        extra_out_dim: int = 0,
     ) -> MAEDecoder:
         """A decoder predicting the ``patch_size`` pixels of every patch, sized by a method config's
-        ``decoder_embed_dim``, ``decoder_depth``, ``decoder_num_heads``, ``mlp_ratio``, ``img_size``, ``in_chans``."""
+        ``decoder_embed_dim``, ``decoder_depth``, ``decoder_num_heads``, ``mlp_ratio``, ``img_size``, ``in_chans``.
+
+        ``extra_out_dim`` more outputs follow the pixels in each prediction (MR-MAE's high-level targets at the
+        decoder)."""
         return cls(
             in_dim=in_dim,
-            out_dim=patch_size**2 * config.in_chans,
+            out_dim=patch_size**2 * config.in_chans + extra_out_dim,
             embed_dim=config.decoder_embed_dim,
             depth=config.decoder_depth,
             num_heads=config.decoder_num_heads,

@@ -95,17 +95,7 @@ class ConvMAE(PretrainingModel):
         super().__init__()
         self.config = config
         self.in_chans = config.in_chans
-        self.encoder = ConvViTEncoder(
-            in_chans=config.in_chans,
-            embed_dims=config.embed_dims,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            mlp_ratios=config.mlp_ratios,
-            kernel_size=config.kernel_size,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
+        self.encoder = ConvViTEncoder.from_config(config)
         self.fusion = MultiScaleFusion(config.embed_dims) if config.multiscale_decoder else None
         self.decoder = MAEDecoder.for_pixels(
             config, config.embed_dims[2], TOKEN_SIZE, 0, config.norm_eps, config.resolved_decoder_mlp_ratio
