@@ -12,6 +12,7 @@ from mimkit.cli import main
 from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.pretrain import Pretrainer, pretrain
 from mimkit.errors import NonFiniteLossError
+from tests.teacher_files import save_tiny_mae_checkpoint
 
 
 def _losses(output):
@@ -154,13 +155,18 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.fill=zero", 3, id="mixmae-zero-fill"),
         pytest.param("mixmae/mixmae_vit_tiny_samples.yaml", "model.args.separation=mix_embedding", 5, id="mixmae-vit"),
+        pytest.param("mrmae/mrmae_vit_tiny_samples.yaml", "model.args.teacher.weights={teacher}", 4, id="mrmae"),
+        pytest.param("mrmae/mrmcmae_tiny_samples.yaml", "model.args.teacher.weights={teacher}", 4, id="mrmcmae"),
     ],
 )
 def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):
     """Each method's shipped tiny config runs from the CLI; MixMAE's rows show the mixed input and both
-    reconstructions (mixed | image A | reconstruction | image B | reconstruction)."""
+    reconstructions (mixed | image A | reconstruction | image B | reconstruction). MR-MAE's teacher is a tiny MAE
+    checkpoint the test writes."""
     from PIL import Image
 
+    if "{teacher}" in extra:
+        extra = extra.format(teacher=save_tiny_mae_checkpoint(tmp_path / "teacher.safetensors")[0])
     output = tmp_path / "run"
     args = [
         "pretrain",

@@ -11,7 +11,7 @@ import mimkit
 from mimkit.config_schema import ConfigError
 from mimkit.engine.checkpoint import save_checkpoint
 from mimkit.teachers import TeacherConfig, build_teacher, packaged_mobilenet_v2_weights
-from tests.teacher_files import save_tiny_vit_teacher, tiny_vit_teacher_config
+from tests.teacher_files import save_tiny_mae_checkpoint, save_tiny_vit_teacher, tiny_vit_teacher_config
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])
 STD = torch.tensor([0.229, 0.224, 0.225])
@@ -70,11 +70,7 @@ def test_bf16_teacher_returns_float32_features_close_to_float32_ones(vit_file):
 
 def test_a_mimkit_checkpoint_serves_as_teacher(tmp_path):
     """The encoder of our own MAE checkpoint: its normed patch tokens and its last block's [CLS] attention."""
-    args = {"embed_dim": 32, "depth": 2, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1}
-    args.update(decoder_num_heads=2, img_size=64)
-    mae = mimkit.create_model("mae_vit_tiny_patch16", **args)
-    record = {"model": {"name": "mae_vit_tiny_patch16", "args": args}, "data": {"img_size": 64}}
-    path = save_checkpoint(tmp_path / "mae.safetensors", mae, {**record, "resolved_model": args})
+    path, mae = save_tiny_mae_checkpoint(tmp_path / "mae.safetensors")
     teacher = build_teacher(TeacherConfig(kind="mimkit", weights=str(path)))
     images = torch.randn(2, 3, 64, 64)
     out = teacher(images, MEAN, STD, (4, 4))
