@@ -12,12 +12,16 @@ from safetensors.torch import save_file
 
 import mimkit
 from mimkit.config_schema import ConfigError
+from mimkit.engine.config import load_pretrain_config
+from mimkit.engine.pretrain import build_pretrain_model
+from mimkit.errors import MimkitError
 from mimkit.masking import gather_tokens, random_masking
 from mimkit.masking_focus import focused_scores
 from mimkit.methods.mrmae import MimicBeforeReconstruct
 from mimkit.patches import grid_size
 from mimkit.targets.teacher_features import teacher_feature_target
 from mimkit.teachers import TeacherOutput
+from mimkit.visualize import reconstruction_grid
 from tests.teacher_files import save_tiny_vit_teacher, tiny_vit_teacher_config
 
 SMALL_VIT = {
@@ -259,3 +263,19 @@ def test_teacher_override_keeps_the_registered_teacher_fields():
 def test_missing_teacher_weights_name_the_field():
     with pytest.raises(ConfigError, match="model.teacher.weights"):
         mimkit.create_model("mrmae_vit_tiny", **SMALL_VIT)
+
+
+def test_high_level_variant_pictures_show_the_input_and_its_mask_only(teacher):
+    model = mrmae(teacher, variant="high_level")
+    images, noise = inputs(model)
+    tiles = reconstruction_grid(model, images, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], noise=noise)
+    assert tiles.shape == (2, 2, 3, 64, 64)
+
+
+def test_engine_hands_the_data_normalization_to_the_teacher_side():
+    overrides = ["model.name=mrmae_vit_tiny", "model.args.variant=low_level", "model.args.teacher=null"]
+    overrides += ["model.args.depth=1", "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]"]
+    model = build_pretrain_model(load_pretrain_config(None, overrides))
+    assert model.input_mean.tolist() == [0.5] * 3 and model.input_std.tolist() == [0.25] * 3
+    with pytest.raises(MimkitError, match=r"model.args.input_mean=\[0.1, 0.1, 0.1\] disagrees with data.mean"):
+        build_pretrain_model(load_pretrain_config(None, [*overrides, "model.args.input_mean=[0.1,0.1,0.1]"]))
