@@ -13,6 +13,8 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
+from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import ConfigError
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.official.checkpoint import read_official_checkpoint
@@ -118,8 +120,6 @@ class _FeaturesOnly(torch.nn.Module):
 
 
 def _mimkit_teacher(config: TeacherConfig, field: str) -> FrozenTeacher:
-    from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
-    from mimkit.backbones.vit import VisionTransformerEncoder
     from mimkit.models import create_model  # mimkit.models imports the methods that import this module
 
     path = _weights_path(config, field)
