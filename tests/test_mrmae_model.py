@@ -236,6 +236,7 @@ def test_mrmcmae_masks_block_wise_and_keeps_conv_stages_masked(teacher):
     "overrides, field",
     [
         ({"fusion_layers": (2,)}, "fusion_layers"),
+        ({"fusion_layers": (0,)}, "fusion_layers must include the last block"),
         ({"variant": "mimic_reconstruct", "teacher": None}, "teacher"),
         ({"input_mean": (0.5,)}, "input_mean"),
     ],

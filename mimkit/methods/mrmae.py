@@ -12,7 +12,7 @@ Options of :class:`MimicOptions` (Sec. 3.3 "bag of tricks", Tables 3 and 4):
   :func:`mimkit.masking_focus.focused_scores` (``focus_rule``: ``sample`` or ``top``).
 * ``fusion_layers``: multi-layer fusion, the element-wise sum of the chosen (0-based) transformer blocks'
   visible tokens, then the encoder's final norm, feeds both the mimic head and the decoder. Empty = off (the
-  encoder's normed last-block output).
+  encoder's normed last-block output); otherwise the last block must be one of them.
 * Masked convolution stages: :class:`MRMCMAE`, ConvMAE's ConvViT encoder with block-wise masking and its
   multi-scale decoder input (ConvMAE Eq. 1); fusion acts on its stage-3 blocks.
 * ``variant``: ``mimic_reconstruct`` (the method), ``low_level`` (L_R only, MAE; no teacher is loaded),
@@ -89,6 +89,8 @@ class MimicOptions:
         bad = [i for i in self.fusion_layers if not 0 <= i < depth]
         if bad or len(set(self.fusion_layers)) != len(self.fusion_layers):
             raise ValueError(f"fusion_layers must be distinct block indices in [0, {depth}), got {self.fusion_layers}")
+        if self.fusion_layers and depth - 1 not in self.fusion_layers:
+            raise ValueError(f"fusion_layers must include the last block ({depth - 1}); later blocks would go unused")
         if len(self.input_mean) != in_chans or len(self.input_std) != in_chans:
             raise ValueError(f"input_mean and input_std need {in_chans} values each (in_chans={in_chans})")
 
