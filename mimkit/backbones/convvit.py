@@ -13,7 +13,7 @@ reference path for benchmarks and tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -156,6 +156,7 @@ class ConvViTEncoder(nn.Module):
         ids_keep: torch.Tensor | None = None,
         visibility: torch.Tensor | None = None,
         dense_conv_stages: bool = False,
+        isolate_after: Collection[int] = (),
     ) -> ConvViTFeatures:
         """Encode ``images`` (height and width multiples of 16).
 
@@ -164,6 +165,8 @@ class ConvViTEncoder(nn.Module):
         visibility: ``(B, L, 4, 4)`` stage-1 cell visibility (1 = visible) for conv stages that run on every
             position: it zeroes the masked cells' embeddings and masks every depthwise conv's input (stage 2
             sees a cell as visible when any of its four stage-1 cells is). ``None`` = nothing masked there.
+        isolate_after: stages (0 or 1) whose output the next stage reads as a detached copy, so a loss on such a
+            stage's output trains the stages up to it alone (gradient-isolated training, LocalMIM Table 5).
         """
         if images.shape[1] != self.in_chans:
             raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
@@ -181,13 +184,13 @@ class ConvViTEncoder(nn.Module):
         for block in self.blocks1:
             x = block(x, layout, vis1)
         stage1 = x
-        x = self.patch_embed2(group_cells(x, 2))
+        x = self.patch_embed2(group_cells(x.detach() if 0 in isolate_after else x, 2))
         if vis2 is not None:
             x = x * vis2
         for block in self.blocks2:
             x = block(x, layout, vis2)
         stage2 = x
-        x = self.patch_embed3(group_cells(x, 2)).flatten(1, 3)
+        x = self.patch_embed3(group_cells(x.detach() if 1 in isolate_after else x, 2)).flatten(1, 3)
         x = self.patch_embed4(x) + layout.select(self.pos_embed(grid)[:, 1:].expand(x.shape[0], -1, -1))
         if ids_keep is not None and not sparse:
             x = CellLayout(grid, ids_keep).select(x)

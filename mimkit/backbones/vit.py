@@ -68,10 +68,14 @@ class VisionTransformerEncoder(nn.Module):
         images: torch.Tensor,
         ids_keep: torch.Tensor | None = None,
         return_layers: Sequence[int] = (),
+        isolate_layers: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode ``images``; keep only tokens ``ids_keep`` (``(B, K)``) when given.
 
-        ``return_layers`` lists 0-based block indices whose raw outputs are also returned.
+        ``return_layers`` lists 0-based block indices whose raw outputs are also returned (once per listed
+        index, in the listed order). ``isolate_layers`` stops the gradient after each of those blocks: the next
+        block reads a detached copy, so a loss on a returned output trains only the blocks since the previous
+        one (gradient-isolated training, LocalMIM Table 5).
         """
         grid = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
         if images.shape[1] != self.in_chans:
@@ -82,13 +86,15 @@ class VisionTransformerEncoder(nn.Module):
             x = gather_tokens(x, ids_keep)
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        taps = []
+        outputs = {}
         for index, block in enumerate(self.blocks):
             x = block(x)
             if index in return_layers:
-                taps.append(x)
+                outputs[index] = x
+                if isolate_layers:
+                    x = x.detach()
         x = self.norm(x)
-        return (x, taps) if return_layers else x
+        return (x, [outputs[index] for index in return_layers]) if return_layers else x
 
 
 def init_mae_weights(module: nn.Module) -> None:
