@@ -13,6 +13,7 @@ from typing import Any
 from mimkit.config_schema import ConfigError, from_dict, to_dict
 from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
+from mimkit.methods.localmim import LocalMIM, LocalMIMConvViTConfig, LocalMIMSwinConfig, LocalMIMViTConfig
 from mimkit.methods.mae import MAE, MAEConfig
 from mimkit.methods.mixmae import MixMAE, MixMAEConfig
 
@@ -120,3 +121,34 @@ register_model(
 register_model("mixmae_swin_base_w14", MixMAE, _mixmae())
 register_model("mixmae_swin_large_w14", MixMAE, _mixmae(embed_dim=192, num_heads=(6, 12, 24, 48)))
 register_model("mixmae_swin_huge_w14", MixMAE, _mixmae(embed_dim=352, num_heads=(11, 22, 44, 88)))
+
+
+def _localmim_vit(**fields: Any) -> LocalMIMViTConfig:
+    return dataclasses.replace(LocalMIMViTConfig(), **fields)
+
+
+# LocalMIM (Sec. 4.1, appendix C): ViT taps blocks [2, 4, 4+n, 6+n] (1-based) with HOG targets of 4/8/16/32 px
+# regions and 18 orientation bins, decoders of one 256-wide block with 8 heads; hierarchical encoders tap every
+# stage with 128-wide, 4-head decoders and targets at the stage's own scale. The tiny ones are for CPU work.
+register_model(
+    "localmim_vit_tiny",
+    LocalMIM,
+    _localmim_vit(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_num_heads=4),
+)
+register_model("localmim_vit_small", LocalMIM, _localmim_vit(embed_dim=384, depth=12, num_heads=6))
+register_model("localmim_vit_base", LocalMIM, _localmim_vit())
+register_model("localmim_vit_large", LocalMIM, _localmim_vit(embed_dim=1024, depth=24, num_heads=16))
+register_model(
+    "localmim_convvit_tiny",
+    LocalMIM,
+    LocalMIMConvViTConfig(embed_dims=(32, 64, 128), depths=(1, 1, 4), num_heads=4, decoder_embed_dim=64),
+)
+register_model("localmim_convvit_base", LocalMIM, LocalMIMConvViTConfig())
+register_model(
+    "localmim_swin_tiny",
+    LocalMIM,
+    LocalMIMSwinConfig(
+        embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_sizes=(8, 8, 8, 4), decoder_embed_dim=64
+    ),
+)
+register_model("localmim_swin_base", LocalMIM, LocalMIMSwinConfig())
