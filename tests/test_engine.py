@@ -152,11 +152,18 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=block", 4, id="convmae-block"),
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=random", 4, id="convmae-random"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
+        pytest.param("localmim/localmim_vit_tiny_samples.yaml", "model.args.depth=8", 2, id="localmim-vit-hog"),
+        pytest.param(
+            "localmim/localmim_vit_tiny_samples.yaml", "model.args.target=pixels", 4, id="localmim-vit-pixels"
+        ),
+        pytest.param("localmim/localmim_convvit_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-convvit"),
+        pytest.param("localmim/localmim_swin_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-swin"),
     ],
 )
 def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):
     """Each method's shipped tiny config runs from the CLI; MixMAE's rows show the mixed input and both
-    reconstructions (mixed | image A | reconstruction | image B | reconstruction)."""
+    reconstructions (mixed | image A | reconstruction | image B | reconstruction). LocalMIM's HOG rows show
+    original | masked; with pixel targets the finest tap's reconstruction and its pasted version follow."""
     from PIL import Image
 
     output = tmp_path / "run"
