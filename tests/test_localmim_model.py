@@ -37,11 +37,13 @@ def _masked_pixels(model, noise, size):
     return mask.reshape(1, 1, *grid).repeat_interleave(unit, 2).repeat_interleave(unit, 3).bool()
 
 
+@pytest.mark.parametrize("fusion", [False, True], ids=["local", "fusion"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_masked_pixels_cannot_change_any_prediction(backbone):
+def test_masked_pixels_cannot_change_any_prediction(backbone, fusion):
     """Every tap's decoder reads only visible features and mask tokens, so rewriting the masked pixels changes
-    no prediction (only the targets), while rewriting one visible pixel does."""
-    model = _model(backbone)
+    no prediction (only the targets), while rewriting the visible pixels does. The same holds for the fusion
+    baseline, whose projections never mix masked and visible regions."""
+    model = _model(backbone, fusion=fusion)
     size = (64, 96)
     images = torch.randn(1, 3, *size)
     noise = model.sample_noise(1, size, torch.Generator().manual_seed(3))
@@ -51,7 +53,7 @@ def test_masked_pixels_cannot_change_any_prediction(backbone):
     visible_changed[..., ~masked[0, 0]] += 1.0
     with torch.no_grad():
         before, after, other = (model(x, noise=noise) for x in (images, changed, visible_changed))
-    for k in range(len(model.taps)):
+    for k in range(len(model.decoded_taps)):
         assert torch.equal(before[f"pred{k}"], after[f"pred{k}"]), k
         assert not torch.equal(before[f"pred{k}"], other[f"pred{k}"]), k
     assert not torch.equal(before["target0"], after["target0"])
@@ -193,6 +195,20 @@ def test_global_reconstruction_and_tap_weights():
     assert single(torch.randn(1, 3, 64, 64))["pred0"].shape == (1, 16, 54)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_fusion_baseline_decodes_the_fused_last_tap_only(backbone):
+    """Table 7: lower taps are projected onto the last tap, one decoder predicts its own-scale target, and
+    every parameter (the projections included) is trained."""
+    model = _model(backbone, fusion=True).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    last_stride = model.config.tap_stride(model.taps[-1])
+    assert model.cells == (last_stride,) and len(model.decoders) == 1 and "loss_tap1" not in out
+    assert out["pred0"].shape == (2, (64 // last_stride) ** 2, 54)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert len(model.fusion.proj) == len(model.taps) - 1
+
+
 def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="not divisible by the patch size 32"):
         _model("vit")(torch.randn(1, 3, 48, 64))
@@ -214,3 +230,7 @@ def test_bad_inputs_get_clear_errors():
         _model("vit", target="sift")
     with pytest.raises(ConfigError, match="tap_weights"):
         _model("convvit", tap_weights=(1.0, 1.0))
+    with pytest.raises(ConfigError, match="the last one only with fusion"):
+        _model("swin", fusion=True, target_cells=(8, 16, 32, 32))
+    with pytest.raises(ConfigError, match="fusion and gradient_isolation exclude each other"):
+        _model("vit", fusion=True, gradient_isolation=True)

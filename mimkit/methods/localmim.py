@@ -11,7 +11,8 @@ targets of 4, 8, 16 and 32 px regions (56^2 .. 7^2 at 224 px), decoders 256 wide
 encoders tap every stage output with targets at the stage's own scale, decoders 128 wide with 4 heads.
 
 Ablations are config fields: ``taps`` (Table 4d/4e; repeat the last layer for Table 6's global reconstruction),
-``target_cells`` (Table 4f, e.g. coarse-to-fine), ``target`` (Table 4a), ``gradient_isolation`` (Table 5).
+``target_cells`` (Table 4f, e.g. coarse-to-fine), ``target`` (Table 4a), ``gradient_isolation`` (Table 5) and
+``fusion`` (Table 7: the taps' features fused into the last one, one decoder, one single-scale target).
 
 The last tap's LayerNorm is the encoder's own final norm (the last tap is always the encoder's last layer), so
 the encoder module keeps a final norm for fine-tuning and every parameter is trained.
@@ -31,6 +32,7 @@ from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.taps import Tap, convvit_taps, swin_taps, vit_taps
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.heads.local_decoder import LocalDecoder
+from mimkit.heads.tap_fusion import TapFusion
 from mimkit.losses import masked_mse
 from mimkit.masking import RandomMask, random_masking, resample_mask
 from mimkit.methods.base import PretrainingModel
@@ -63,6 +65,7 @@ class LocalMIMConfig:
     norm_eps: float = 1e-6
     mask_ratio: float = 0.75
     gradient_isolation: bool = False
+    fusion: bool = False
     drop_path_rate: float = 0.0
 
     tap_kind = "layer"
@@ -86,16 +89,26 @@ class LocalMIMConfig:
         return tuple(self.tap_stride(t) for t in taps)
 
     @property
+    def decoded_taps(self) -> tuple[int, ...]:
+        """Taps with a decoder: all of them, or the last one alone with ``fusion``."""
+        return self.resolved_taps[-1:] if self.fusion else self.resolved_taps
+
+    @property
     def resolved_taps(self) -> tuple[int, ...]:
         return self.default_taps() if self.taps is None else tuple(self.taps)
 
     @property
     def resolved_cells(self) -> tuple[int, ...]:
-        return self.default_cells(self.resolved_taps) if self.target_cells is None else tuple(self.target_cells)
+        """One target region size per decoded tap."""
+        if self.target_cells is not None:
+            return tuple(self.target_cells)
+        if self.fusion:
+            return (self.tap_stride(self.resolved_taps[-1]),)
+        return self.default_cells(self.resolved_taps)
 
     @property
     def resolved_weights(self) -> tuple[float, ...]:
-        return (1.0,) * len(self.resolved_taps) if self.tap_weights is None else tuple(self.tap_weights)
+        return (1.0,) * len(self.decoded_taps) if self.tap_weights is None else tuple(self.tap_weights)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -118,19 +131,30 @@ class LocalMIMConfig:
                 f"taps must be in increasing order and end with the last {self.tap_kind} ({last}): "
                 f"{self.tap_kind}s after the last tap would get no gradient; got {list(taps)}"
             )
-        if self.target_cells is None and self.taps is not None and len(taps) != len(self.default_taps()):
+        if (
+            self.target_cells is None
+            and not self.fusion
+            and self.taps is not None
+            and len(taps) != len(self.default_taps())
+        ):
             raise ValueError(f"target_cells must be given for {len(taps)} taps (one region size per tap)")
+        decoded = self.decoded_taps
         cells = self.resolved_cells
-        if len(cells) != len(taps):
-            raise ValueError(f"target_cells needs one region size per tap ({len(taps)}), got {list(cells)}")
-        for tap, cell in zip(taps, cells, strict=True):
+        if len(cells) != len(decoded):
+            raise ValueError(
+                f"target_cells needs one region size per decoded tap ({len(decoded)}"
+                f"{', the last one only with fusion' if self.fusion else ''}), got {list(cells)}"
+            )
+        for tap, cell in zip(decoded, cells, strict=True):
             if not _is_power_of_two(self.tap_stride(tap) / cell):
                 raise ValueError(
                     f"target_cells: {cell} px regions cannot be reached from the {self.tap_stride(tap)} px grid "
                     f"of {self.tap_kind} {tap} by halving or doubling"
                 )
-        if len(self.resolved_weights) != len(taps) or min(self.resolved_weights) < 0:
-            raise ValueError(f"tap_weights needs one non-negative weight per tap ({len(taps)})")
+        if len(self.resolved_weights) != len(decoded) or min(self.resolved_weights) < 0:
+            raise ValueError(f"tap_weights needs one non-negative weight per decoded tap ({len(decoded)})")
+        if self.fusion and self.gradient_isolation:
+            raise ValueError("fusion and gradient_isolation exclude each other: fused taps get no loss of their own")
         region = max(*cells, self.mask_unit)
         if self.img_size % region:
             raise ValueError(f"img_size={self.img_size} must be a multiple of {region} (the largest region)")
@@ -291,7 +315,7 @@ TAP_READERS = {VisionTransformerEncoder: vit_taps, ConvViTEncoder: convvit_taps,
 
 
 class LocalMIM(PretrainingModel):
-    """LocalMIM pretraining model; ``model(images, noise=None)`` returns ``loss``, per-tap ``loss_tap{k}``,
+    """LocalMIM pretraining model; ``model(images, noise=None)`` returns ``loss``, per decoded tap ``loss_tap{k}``,
     ``pred{k}``, ``target{k}``, ``mask{k}`` (the region weights at tap k's scale), and ``pred`` / ``mask`` (the
     last tap's prediction and the mask on the masking grid)."""
 
@@ -301,15 +325,18 @@ class LocalMIM(PretrainingModel):
         self.in_chans = config.in_chans
         self.patch_size = config.mask_unit
         self.taps = config.resolved_taps
+        self.decoded_taps = config.decoded_taps
         self.cells = config.resolved_cells
         self.weights = config.resolved_weights
         self.encoder = build_encoder(config)
         self.read_taps = TAP_READERS[type(self.encoder)]
         widths = [config.tap_width(t) for t in self.taps]
-        self.tap_norms = nn.ModuleList(nn.LayerNorm(w, eps=config.norm_eps) for w in widths[:-1])
-        self.hog = HOGTarget(config.hog_nbins, len(self.taps), config.hog_bias) if config.target == "hog" else None
+        self.fusion = TapFusion(widths, [config.tap_stride(t) for t in self.taps]) if config.fusion else None
+        decoded_widths = widths[-1:] if config.fusion else widths
+        self.tap_norms = nn.ModuleList(nn.LayerNorm(w, eps=config.norm_eps) for w in decoded_widths[:-1])
+        self.hog = HOGTarget(config.hog_nbins, len(self.cells), config.hog_bias) if config.target == "hog" else None
         self.decoders = nn.ModuleList()
-        for tap, cell, width in zip(self.taps, self.cells, widths, strict=True):
+        for tap, cell, width in zip(self.decoded_taps, self.cells, decoded_widths, strict=True):
             stride = config.tap_stride(tap)
             out_dim = config.in_chans * config.hog_nbins if self.hog is not None else cell * cell * config.in_chans
             self.decoders.append(
@@ -370,6 +397,8 @@ class LocalMIM(PretrainingModel):
         noise = self.masking_noise(images, noise, generator)
         mask = random_masking(noise, self.config.mask_ratio)
         taps = self.read_taps(self.encoder, images, mask, self.taps, self.config.gradient_isolation)
+        if self.fusion is not None:
+            taps = [self.fusion(taps, mask.ids_keep)]
         targets = self.targets(images)
         out: dict[str, torch.Tensor] = {"mask": mask.mask, "ids_restore": mask.ids_restore}
         weighted = []
