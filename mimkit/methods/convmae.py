@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder, ConvViTFeatures
 from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.heads.multiscale_fusion import MultiScaleFusion
@@ -95,17 +96,7 @@ class ConvMAE(PretrainingModel):
         super().__init__()
         self.config = config
         self.in_chans = config.in_chans
-        self.encoder = ConvViTEncoder(
-            in_chans=config.in_chans,
-            embed_dims=config.embed_dims,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            mlp_ratios=config.mlp_ratios,
-            kernel_size=config.kernel_size,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
+        self.encoder = encoder_from_config(ConvViTEncoder, config)
         self.fusion = MultiScaleFusion(config.embed_dims) if config.multiscale_decoder else None
         self.decoder = MAEDecoder(
             in_dim=config.embed_dims[2],

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
 from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.taps import Tap, convvit_taps, swin_taps, vit_taps
@@ -271,46 +272,11 @@ class LocalMIMSwinConfig(LocalMIMConfig):
         super().__post_init__()
 
 
-def build_encoder(config: LocalMIMConfig) -> nn.Module:
-    """The backbone a config names (it is also the fine-tuning encoder)."""
-    if isinstance(config, LocalMIMViTConfig):
-        return VisionTransformerEncoder(
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-    if isinstance(config, LocalMIMConvViTConfig):
-        return ConvViTEncoder(
-            in_chans=config.in_chans,
-            embed_dims=config.embed_dims,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            mlp_ratios=config.mlp_ratios,
-            kernel_size=config.kernel_size,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-    if isinstance(config, LocalMIMSwinConfig):
-        return SwinEncoder(
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            window_sizes=config.window_sizes,
-            mlp_ratio=config.mlp_ratio,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-    raise TypeError(f"no LocalMIM encoder for {type(config).__name__}")
-
-
+ENCODERS = {
+    LocalMIMViTConfig: VisionTransformerEncoder,
+    LocalMIMConvViTConfig: ConvViTEncoder,
+    LocalMIMSwinConfig: SwinEncoder,
+}
 TAP_READERS = {VisionTransformerEncoder: vit_taps, ConvViTEncoder: convvit_taps, SwinEncoder: swin_taps}
 
 
@@ -328,7 +294,7 @@ class LocalMIM(PretrainingModel):
         self.decoded_taps = config.decoded_taps
         self.cells = config.resolved_cells
         self.weights = config.resolved_weights
-        self.encoder = build_encoder(config)
+        self.encoder = encoder_from_config(ENCODERS[type(config)], config)
         self.read_taps = TAP_READERS[type(self.encoder)]
         widths = [config.tap_width(t) for t in self.taps]
         self.fusion = TapFusion(widths, [config.tap_stride(t) for t in self.taps]) if config.fusion else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.losses import masked_mse
@@ -60,17 +61,7 @@ class MAE(PretrainingModel):
         self.config = config
         self.patch_size = config.patch_size
         self.in_chans = config.in_chans
-        self.encoder = VisionTransformerEncoder(
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
+        self.encoder = encoder_from_config(VisionTransformerEncoder, config)
         self.decoder = MAEDecoder(
             in_dim=config.embed_dim,
             out_dim=config.patch_size**2 * config.in_chans,
