@@ -3,7 +3,6 @@ pixel targets, ablation options and errors."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -14,7 +13,7 @@ from mimkit.config_schema import ConfigError
 from mimkit.official.localmim import map_localmim_key
 from mimkit.targets.hog import HOGTarget
 from mimkit.targets.pixels import pixel_target
-from tests.parity_cases import parity_dir
+from tests.parity_cases import assert_official_keys_map_onto_parameters, state_dict_layout
 
 SMALL = {
     "vit": ("localmim_vit_tiny", dict(embed_dim=32, depth=8, num_heads=2, decoder_embed_dim=16, decoder_num_heads=2)),
@@ -91,13 +90,6 @@ def test_gradient_isolation_stops_gradients_below_the_previous_tap(backbone):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def _layout():
-    path = parity_dir() / "localmim" / "base_state_dict_layout.json"
-    if not path.is_file():
-        pytest.skip(f"no parity layout at {path}")
-    return json.loads(path.read_text())
-
-
 @pytest.mark.parametrize(
     "name, variant",
     [("localmim_vit_base", None), ("localmim_vit_small", "small"), ("localmim_vit_large", "large")],
@@ -106,19 +98,12 @@ def test_parameters_equal_the_authors_code(name, variant):
     """Every official key maps onto a parameter of the same size; trainable counts are equal (the official
     totals also hold the fixed sin-cos tables and Sobel kernels, recomputed by mimkit). The authors' factories
     use 9 HOG bins."""
-    layout = _layout()
+    layout = state_dict_layout("localmim")
     spec = layout["base"] if variant is None else layout["other_variants"][variant]
     with torch.device("meta"):
         model = mimkit.create_model(name, hog_nbins=spec["constructor_args"]["hog_nbins"])
-    params = dict(model.named_parameters())
-    mapped = {}
-    for entry in spec["state_dict"]:
-        target = map_localmim_key(entry["key"])
-        if target is not None:
-            mapped[target] = torch.Size(entry["shape"]).numel()
-    assert set(mapped) == set(params)
-    assert all(params[key].numel() == size for key, size in mapped.items())
-    assert sum(p.numel() for p in params.values()) == spec["params_trainable"]
+    assert_official_keys_map_onto_parameters(spec, model, map_localmim_key)
+    assert sum(p.numel() for p in model.parameters()) == spec["params_trainable"]
 
 
 def _edge(direction: str) -> torch.Tensor:
