@@ -132,7 +132,8 @@ def test_a_straight_edge_falls_into_its_orientation_bin(direction, expected_bin)
 
 def test_hog_is_contrast_invariant_and_each_cell_is_unit_length():
     """Scaling the contrast (by 4, so every float operation scales exactly) leaves the targets unchanged:
-    orientations are scale-free and each cell's histogram is L2-normalised per colour channel."""
+    orientations are scale-free and each cell's histogram is L2-normalised per colour channel. bf16 autocast
+    does not touch them (they are computed in float32)."""
     images = torch.randn(2, 3, 32, 48)
     targets = HOGTarget(nbins=18, num_targets=2)(images, cells=[4, 16])
     assert [tuple(t.shape) for t in targets] == [(2, 8 * 12, 54), (2, 2 * 3, 54)]
@@ -140,6 +141,9 @@ def test_hog_is_contrast_invariant_and_each_cell_is_unit_length():
         assert torch.equal(target, scaled)
         norms = target.reshape(target.shape[0], target.shape[1], 3, 18).norm(dim=-1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = HOGTarget(nbins=18, num_targets=2)(images, cells=[4, 16])
+    assert all(torch.equal(a, b) for a, b in zip(targets, under_autocast, strict=True))
 
 
 def test_normalized_pixel_targets_have_zero_mean_and_unit_unbiased_variance_per_region():

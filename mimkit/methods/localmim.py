@@ -319,9 +319,6 @@ class LocalMIM(PretrainingModel):
                     num_prefix_tokens=1 if isinstance(self.encoder, VisionTransformerEncoder) else 0,
                 )
             )
-        for norm in self.tap_norms:
-            nn.init.ones_(norm.weight)
-            nn.init.zeros_(norm.bias)
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:
         gh, gw = grid_size(image_size[0], image_size[1], self.config.mask_unit)

@@ -5,8 +5,9 @@ of every pixel hard-binned into ``nbins`` bins of 180/nbins degrees, each pixel 
 magnitude to its bin; the bin maps are average-pooled over non-overlapping ``cell x cell`` windows and each
 cell's histogram is L2-normalised (no block normalisation). A region's target is ``[R bins, G bins, B bins]``.
 
-Computed in float32 whatever the model's precision, as the authors' code does: orientation binning is a
-discontinuous function, so a float64 histogram would differ from theirs wherever a pixel sits on a bin edge.
+Computed in float32 whatever the model's precision (autocast is switched off), as the authors' code does:
+orientation binning is a discontinuous function, so a float64 or bf16 histogram would differ from theirs wherever
+a pixel sits near a bin edge.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class HOGTarget(nn.Module):
         return in_chans * self.nbins
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def forward(self, images: torch.Tensor, cells: Sequence[int]) -> list[torch.Tensor]:
         if self.bias is None:
             histograms = orientation_histograms(images, self.nbins, kernels=self.kernels)
