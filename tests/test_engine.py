@@ -152,7 +152,6 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=block", 4, id="convmae-block"),
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=random", 4, id="convmae-random"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
-        pytest.param("localmim/localmim_vit_tiny_samples.yaml", "model.args.depth=8", 2, id="localmim-vit-hog"),
         pytest.param(
             "localmim/localmim_vit_tiny_samples.yaml", "model.args.target=pixels", 4, id="localmim-vit-pixels"
         ),
