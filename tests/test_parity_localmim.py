@@ -66,3 +66,24 @@ def test_parity_localmim_float64_latents_predictions_losses_and_gradients(case):
 
     out["loss"].backward()
     assert_gradient_norms(case, model, map_localmim_key)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hog_biases_of_the_vit_l_recipe_load_per_scale_and_kernels_are_checked(case):
+    """With ``hog_bias`` each scale's frozen gradient bias is loaded into its row of ``hog.bias`` and changes that
+    scale's targets; a state dict whose HOG kernels are not Sobel's is refused."""
+    fields = localmim_config_from_official({**case.spec["constructor_args"], "hog_bias": True}, case.spec["mask_ratio"])
+    model = LocalMIM(model_config("localmim_vit_base", **fields))
+    weights = case.tensors("weights")
+    biases = {f"hog_enc.{k}.conv.bias": torch.tensor([0.1 * (k + 1), -0.2]) for k in range(4)}
+    load_localmim_weights(model, {**weights, **biases})
+    assert torch.equal(model.hog.bias, torch.stack(list(biases.values())))
+    images = case.tensors("inputs")["images"]
+    unbiased = LocalMIM(model_config("localmim_vit_base", **{**fields, "hog_bias": False})).targets(images)
+    biased = model.targets(images)
+    assert all(not torch.equal(a, b) for a, b in zip(biased, unbiased, strict=True))
+
+    broken = dict(weights)
+    broken["hog_enc.0.conv.weight"] = weights["hog_enc.0.conv.weight"] * 2
+    with pytest.raises(ValueError, match="not the Sobel kernel pair"):
+        load_localmim_weights(model, broken)
