@@ -13,6 +13,7 @@ reference path for benchmarks and tests).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -194,6 +195,31 @@ class ConvViTEncoder(nn.Module):
         for block in self.blocks3:
             x = block(x)
         return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+
+    pool_with_norm = True
+    """Fine-tuning adds its own norm after pooling (the authors' global pooling leaves ``norm`` unused)."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dims[2]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C3)`` mean of the stage-3 tokens after the last block (ConvMAE fine-tuning)."""
+        return self(images).stage3.mean(dim=1)
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: every conv and transformer block is a layer, in running
+        order after the stage-1 embedding (layer 0); a later stage's embedding joins the last block before it."""
+        stage = name[len("blocks") : name.index(".")] if name.startswith("blocks") else None
+        if stage is not None:
+            return (int(stage), int(name.split(".")[1]))
+        if name.startswith("patch_embed1"):
+            return (0,)
+        if name.startswith("patch_embed2"):
+            return (1, len(self.blocks1) - 1)
+        if name.startswith(("patch_embed3", "patch_embed4", "pos_embed")):
+            return (2, len(self.blocks2) - 1)
+        return (math.inf,)
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """E1..E4 of the whole image as ``(B, C, H/s, W/s)`` maps for s = 4, 8, 16, 32 (ConvMAE Sec. 2.3).

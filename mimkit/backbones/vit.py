@@ -6,6 +6,7 @@ token (fine-tuning, feature extraction). Position embeddings are built for whate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -106,6 +107,26 @@ class VisionTransformerEncoder(nn.Module):
                 taps.append(x)
         x = self.norm(x)
         return (x, taps) if return_layers else x
+
+    pool_with_norm = True
+    """Fine-tuning adds its own norm after pooling (MAE's global pooling drops ``norm``)."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` mean of the patch tokens after the last block, before ``norm`` (MAE fine-tuning)."""
+        _, (last,) = self(images, return_layers=(len(self.blocks) - 1,))
+        return last[:, 1:].mean(dim=1)
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: embeddings 0, block i at i + 1, the rest last."""
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return (0,)
+        if name.startswith("blocks."):
+            return (int(name.split(".")[1]) + 1,)
+        return (math.inf,)
 
 
 def init_mae_weights(module: nn.Module) -> None:
