@@ -80,6 +80,17 @@ def _knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from mimkit.export import export_encoder
+
+    path, timm_name, fields = export_encoder(args.checkpoint, args.output)
+    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
+    print(f"encoder written to {path}; load it with")
+    print(f"  timm.create_model('{timm_name}', pretrained=True, pretrained_cfg_overlay=dict(file='{path}'){extra})")
+    print("after `import mimkit` (add num_classes=N for a classifier, features_only=True for multi-scale maps)")
+    return 0
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from mimkit.inference import visualize_images
 
@@ -120,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--output", help="output directory (knn: a JSON file for the result)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
         sub.set_defaults(handler=_knn if command == "knn" else _transfer)
+
+    exp = commands.add_parser("export", help="write a pretrained encoder as a safetensors file timm loads")
+    exp.add_argument("--checkpoint", required=True, help="a mimkit pretraining checkpoint (.safetensors)")
+    exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
+    exp.set_defaults(handler=_export)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
     viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")

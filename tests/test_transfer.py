@@ -13,12 +13,14 @@ from mimkit.cli import main
 from mimkit.config_schema import ConfigError, to_dict
 from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.checkpoint import save_checkpoint
+from mimkit.errors import MimkitError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import load_knn_config, load_transfer_config
 from mimkit.eval.knn import knn_predict
 from mimkit.eval.loading import load_encoder
 from mimkit.eval.transfer import TransferTrainer
 from mimkit.official.mae import mae_config_from_official
+from tests.conftest import REPO_ROOT
 from tests.parity_cases import discover
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -113,8 +115,10 @@ def test_bad_transfer_configs_name_the_field(tmp_path):
         load_transfer_config("finetune", None, ["train.batch_size=7"])
     with pytest.raises(ConfigError, match="'optim': layer_decay must be in"):
         load_transfer_config("finetune", None, ["optim.layer_decay=1.5"])
-    with pytest.raises(ConfigError, match="needs train_path and val_path"):
-        load_transfer_config("finetune", None, ["data.source=folder"])
+    with pytest.raises(MimkitError, match="needs data.train_path and data.val_path"):
+        TransferTrainer(load_transfer_config("finetune", None, ["data.source=folder"]))
+    with pytest.raises(ConfigError, match="run it with `mimkit linprobe`"):
+        load_transfer_config("finetune", str(REPO_ROOT / "configs" / "finetune" / "mae_vit_base_linprobe.yaml"))
     with pytest.raises(ConfigError, match="unknown model 'vit_gigantic'"):
         load_knn_config(None, ["model.name=vit_gigantic"])
 

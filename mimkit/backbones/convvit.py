@@ -207,6 +207,16 @@ class ConvViTEncoder(nn.Module):
         """``(B, C3)`` mean of the stage-3 tokens after the last block (ConvMAE fine-tuning)."""
         return self(images).stage3.mean(dim=1)
 
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: E1..E4 at 1/4, 1/8, 1/16, 1/32."""
+        c1, c2, c3 = self.embed_dims
+        modules = ("blocks1", "blocks2", "blocks3", "blocks3")
+        return [
+            {"num_chs": c, "reduction": r, "module": m}
+            for c, r, m in zip((c1, c2, c3, c3), (4, 8, 16, 32), modules, strict=True)
+        ]
+
     def layer_ordinal(self, name: str) -> tuple[float, ...]:
         """Layer of a parameter for layer-wise lr decay: every conv and transformer block is a layer, in running
         order after the stage-1 embedding (layer 0); a later stage's embedding joins the last block before it."""

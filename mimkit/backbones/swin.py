@@ -247,6 +247,11 @@ class SwinEncoder(nn.Module):
         """``(B, C4)`` mean of the final normed tokens (MixMAE fine-tuning)."""
         return self(images).mean(dim=1)
 
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: the four stage outputs at 1/4 .. 1/32."""
+        return [{"num_chs": c, "reduction": 4 * 2**s, "module": f"layers.{s}"} for s, c in enumerate(self.embed_dims)]
+
     def layer_ordinal(self, name: str) -> tuple[float, ...]:
         """Layer of a parameter for layer-wise lr decay: embeddings 0, then every block in running order; a
         patch merging joins the last block of its stage (the SimMIM/MixMAE convention for Swin)."""

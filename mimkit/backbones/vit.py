@@ -120,6 +120,21 @@ class VisionTransformerEncoder(nn.Module):
         _, (last,) = self(images, return_layers=(len(self.blocks) - 1,))
         return last[:, 1:].mean(dim=1)
 
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: every block's output at 1/patch_size (timm's convention)."""
+        return [
+            {"num_chs": self.embed_dim, "reduction": self.patch_size, "module": f"blocks.{i}"}
+            for i in range(len(self.blocks))
+        ]
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's patch tokens as ``(B, D, H/p, W/p)`` maps (a single scale: a plain ViT reaches 1/4..1/32
+        through :class:`mimkit.heads.simple_pyramid.SimpleFeaturePyramid`)."""
+        gh, gw = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
+        _, taps = self(images, return_layers=tuple(range(len(self.blocks))))
+        return [t[:, 1:].transpose(1, 2).reshape(len(images), -1, gh, gw) for t in taps]
+
     def layer_ordinal(self, name: str) -> tuple[float, ...]:
         """Layer of a parameter for layer-wise lr decay: embeddings 0, block i at i + 1, the rest last."""
         if name.startswith(("cls_token", "pos_embed", "patch_embed")):

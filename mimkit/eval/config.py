@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mimkit.config_schema import apply_overrides, from_dict, load_yaml
+from mimkit.config_schema import ConfigError, apply_overrides, from_dict, load_yaml
 from mimkit.models import model_config
 
 FASHION_MNIST_MEAN = [0.2860]
@@ -49,8 +49,6 @@ class LabelledDataSection:
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean and std need {self.in_chans} values each (in_chans={self.in_chans})")
-        if self.source == "folder" and not (self.train_path and self.val_path):
-            raise ValueError("source 'folder' needs train_path and val_path (class sub-folders in each)")
 
 
 @dataclass
@@ -159,7 +157,10 @@ def _merge(base: dict, update: dict) -> dict:
 def load_transfer_config(protocol: str, path: str | None = None, overrides: list[str] | None = None) -> TransferConfig:
     """``protocol`` defaults (linprobe: MAE's probe), then the YAML file, then ``key=value`` overrides."""
     base = LINPROBE_DEFAULTS if protocol == "linprobe" else {"protocol": protocol}
-    data = _merge(base, load_yaml(path) if path else {})
+    stored = load_yaml(path) if path else {}
+    if stored.get("protocol", protocol) != protocol:
+        raise ConfigError(f"{path} is a '{stored['protocol']}' config; run it with `mimkit {stored['protocol']}`")
+    data = _merge(base, stored)
     return from_dict(TransferConfig, apply_overrides(data, overrides or []))
 
 

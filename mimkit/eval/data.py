@@ -39,6 +39,8 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
     if data.source == "fashion_mnist":
         train, val = FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
     else:
+        if not (data.train_path and data.val_path):
+            raise MimkitError("data.source 'folder' needs data.train_path and data.val_path (one sub-folder per class)")
         train, val = ImageFolder(data.train_path), ImageFolder(data.val_path)
     for role, source in (("training", train), ("validation", val)):
         if source.labels is None:
