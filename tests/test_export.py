@@ -9,6 +9,7 @@ import torch
 from torchvision.ops import FeaturePyramidNetwork
 
 import mimkit
+from mimkit.backbones.convvit_detection import ConvViTDetectionEncoder
 from mimkit.cli import main
 from mimkit.config_schema import to_dict
 from mimkit.engine.checkpoint import save_checkpoint
@@ -53,10 +54,13 @@ def test_exported_encoder_round_trips_through_timm(tmp_path, capsys, name, overr
     assert backbone.feature_info.channels() == [m.shape[1] for m in expected]
 
 
-@pytest.mark.parametrize("name", ["mixmae_swin_tiny", "convmae_tiny", "mae_vit_tiny_patch16"])
+@pytest.mark.parametrize("name", ["mixmae_swin_tiny", "convmae_tiny", "convmae_tiny_detection", "mae_vit_tiny_patch16"])
 def test_every_encoder_feeds_a_feature_pyramid_at_a_non_square_size(name):
-    """1/4 .. 1/32 maps at 96x160: Swin stages, ConvViT E1..E4, ViT through the simple feature pyramid."""
-    encoder = mimkit.create_model(name).encoder_module().eval()
+    """1/4 .. 1/32 maps at 96x160: Swin stages, ConvViT E1..E4 (also its windowed detection variant), ViT through
+    the simple feature pyramid."""
+    encoder = mimkit.create_model(name.removesuffix("_detection")).encoder_module().eval()
+    if name.endswith("_detection"):
+        encoder = ConvViTDetectionEncoder.from_encoder(encoder).eval()
     images = torch.randn(1, 3, 96, 160)
     with torch.no_grad():
         maps = encoder.feature_maps(images)

@@ -126,6 +126,18 @@ class ConvViTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.init_kwargs = {
+            "in_chans": in_chans,
+            "embed_dims": tuple(embed_dims),
+            "depths": tuple(depths),
+            "num_heads": num_heads,
+            "mlp_ratios": tuple(mlp_ratios),
+            "kernel_size": kernel_size,
+            "norm_eps": norm_eps,
+            "img_size": img_size,
+            "drop_path_rate": drop_path_rate,
+        }
+        """The constructor's arguments, so a variant (the detection encoder) can be built like this one."""
         if len(embed_dims) != 3 or len(depths) != 3 or len(mlp_ratios) != 3:
             raise ValueError("embed_dims, depths and mlp_ratios need one value per stage (3 each)")
         c1, c2, c3 = embed_dims
@@ -192,9 +204,15 @@ class ConvViTEncoder(nn.Module):
         x = self.patch_embed4(x) + layout.select(self.pos_embed(grid)[:, 1:].expand(x.shape[0], -1, -1))
         if ids_keep is not None and not sparse:
             x = CellLayout(grid, ids_keep).select(x)
+        x = self.run_stage3(x, grid, masked=ids_keep is not None)
+        return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+
+    def run_stage3(self, x: torch.Tensor, grid: tuple[int, int], masked: bool) -> torch.Tensor:
+        """The transformer blocks on ``(B, N, C3)`` tokens: every token of ``grid`` (row-major), or the visible
+        ones when ``masked``. Global attention here; the detection variant attends in windows."""
         for block in self.blocks3:
             x = block(x)
-        return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+        return x
 
     pool_with_norm = True
     """Fine-tuning adds its own norm after pooling (the authors' global pooling leaves ``norm`` unused)."""
