@@ -37,6 +37,8 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if linear_probe else linear
         if linear_probe:
             self.encoder.requires_grad_(False)
+        elif encoder.pool_with_norm:
+            encoder.norm.requires_grad_(False)  # pooling skips the encoder's final norm; DDP needs it marked unused
 
     def train(self, mode: bool = True) -> Classifier:
         """A probed encoder stays in eval mode (no dropout or drop path), only the head trains."""
