@@ -1,6 +1,9 @@
 """Median time of one full pretraining step (forward, loss, backward, AdamW) for any registered models.
 
 python benchmarks/pretrain_step.py --models mixmae_swin_tiny mixmae_swin_base_w14 --batch 8
+
+A model may carry overrides, ``name:field=value,field=value``, to compare variants in one run, e.g.
+``mixmae_swin_base_w14:separation=none`` (no group mask) next to ``mixmae_swin_base_w14``.
 """
 
 from __future__ import annotations
@@ -10,8 +13,21 @@ import statistics
 import time
 
 import torch
+import yaml
 
 import mimkit
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``name:field=value,field=value`` to the model name and its overrides (values read as YAML scalars)."""
+    name, _, fields = spec.partition(":")
+    overrides = {}
+    for item in filter(None, fields.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"override '{item}' of '{spec}' is not field=value")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
 
 
 def main() -> None:
@@ -24,11 +40,13 @@ def main() -> None:
     args = parser.parse_args()
     size = (args.image_size, args.image_size)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {size[0]} px, fp32")
-    print(f"{'model':<24} {'median s':>9} {'min s':>7} {'max s':>7} {'img/s':>7}")
+    width = max(24, *(len(spec) for spec in args.models))
+    print(f"{'model':<{width}} {'median s':>9} {'min s':>7} {'max s':>7} {'img/s':>7}")
     images = torch.randn(args.batch, 3, *size, generator=torch.Generator().manual_seed(0))
-    for name in args.models:
+    for spec in args.models:
+        name, overrides = parse_variant(spec)
         torch.manual_seed(0)
-        model = mimkit.create_model(name, img_size=args.image_size)
+        model = mimkit.create_model(name, img_size=args.image_size, **overrides)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         noise = model.sample_noise(args.batch, size, torch.Generator().manual_seed(1))
         times = []
@@ -40,7 +58,7 @@ def main() -> None:
             if index >= args.warmup:
                 times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"{name:<24} {median:>9.3f} {min(times):>7.3f} {max(times):>7.3f} {args.batch / median:>7.1f}")
+        print(f"{spec:<{width}} {median:>9.3f} {min(times):>7.3f} {max(times):>7.3f} {args.batch / median:>7.1f}")
 
 
 if __name__ == "__main__":

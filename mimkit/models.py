@@ -6,7 +6,6 @@ any field of that configuration, with errors that name the field.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
 from mimkit.methods.localmim import LocalMIM, LocalMIMConvViTConfig, LocalMIMSwinConfig, LocalMIMViTConfig
 from mimkit.methods.mae import MAE, MAEConfig
-from mimkit.methods.mixmae import MixMAE, MixMAEConfig
+from mimkit.methods.mixmae import MixMAE, MixMAEConfig, MixMAEViT, MixMAEViTConfig
 
 _REGISTRY: dict[str, tuple[Callable[[Any], PretrainingModel], Any]] = {}
 
@@ -47,25 +46,17 @@ def create_model(name: str, **overrides: Any) -> PretrainingModel:
     return model_class(config)
 
 
-def _mae(**fields: Any) -> MAEConfig:
-    return dataclasses.replace(MAEConfig(), **fields)
-
-
 # MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
 # 8-block 512-wide decoder. The tiny one (ViT-Ti width, shallow decoder) is for CPU work and tests.
 register_model(
     "mae_vit_tiny_patch16",
     MAE,
-    _mae(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+    MAEConfig(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
 )
-register_model("mae_vit_small_patch16", MAE, _mae(embed_dim=384, depth=12, num_heads=6))
-register_model("mae_vit_base_patch16", MAE, _mae(embed_dim=768, depth=12, num_heads=12))
-register_model("mae_vit_large_patch16", MAE, _mae(embed_dim=1024, depth=24, num_heads=16))
-register_model("mae_vit_huge_patch14", MAE, _mae(patch_size=14, embed_dim=1280, depth=32, num_heads=16))
-
-
-def _convmae(**fields: Any) -> ConvMAEConfig:
-    return dataclasses.replace(ConvMAEConfig(), **fields)
+register_model("mae_vit_small_patch16", MAE, MAEConfig(embed_dim=384, depth=12, num_heads=6))
+register_model("mae_vit_base_patch16", MAE, MAEConfig(embed_dim=768, depth=12, num_heads=12))
+register_model("mae_vit_large_patch16", MAE, MAEConfig(embed_dim=1024, depth=24, num_heads=16))
+register_model("mae_vit_huge_patch14", MAE, MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16))
 
 
 # ConvMAE / MCMAE sizes of Table 7 (stage widths, depths, stage-3 heads, MLP ratios per stage), each with the
@@ -74,7 +65,7 @@ def _convmae(**fields: Any) -> ConvMAEConfig:
 register_model(
     "convmae_tiny",
     ConvMAE,
-    _convmae(
+    ConvMAEConfig(
         embed_dims=(32, 64, 128),
         depths=(1, 1, 4),
         num_heads=4,
@@ -83,23 +74,19 @@ register_model(
         decoder_num_heads=4,
     ),
 )
-register_model("convmae_small", ConvMAE, _convmae(embed_dims=(128, 256, 384), num_heads=6))
-register_model("convmae_base", ConvMAE, _convmae())
-register_model("convmae_base_star", ConvMAE, _convmae(mlp_ratios=(8.0, 8.0, 4.0)))
+register_model("convmae_small", ConvMAE, ConvMAEConfig(embed_dims=(128, 256, 384), num_heads=6))
+register_model("convmae_base", ConvMAE, ConvMAEConfig())
+register_model("convmae_base_star", ConvMAE, ConvMAEConfig(mlp_ratios=(8.0, 8.0, 4.0)))
 register_model(
     "convmae_large",
     ConvMAE,
-    _convmae(embed_dims=(384, 768, 1024), depths=(2, 2, 23), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
+    ConvMAEConfig(embed_dims=(384, 768, 1024), depths=(2, 2, 23), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
 )
 register_model(
     "convmae_huge",
     ConvMAE,
-    _convmae(embed_dims=(768, 1024, 1280), depths=(2, 2, 31), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
+    ConvMAEConfig(embed_dims=(768, 1024, 1280), depths=(2, 2, 31), num_heads=16, mlp_ratios=(8.0, 8.0, 4.0)),
 )
-
-
-def _mixmae(**fields: Any) -> MixMAEConfig:
-    return dataclasses.replace(MixMAEConfig(), **fields)
 
 
 # MixMAE sizes of Sec. 3.2: Swin with 14x14 windows in stages 1-3 and 7x7 in stage 4 (global at 224 px), widths
@@ -108,7 +95,7 @@ def _mixmae(**fields: Any) -> MixMAEConfig:
 register_model(
     "mixmae_swin_tiny",
     MixMAE,
-    _mixmae(
+    MixMAEConfig(
         embed_dim=32,
         depths=(1, 1, 2, 1),
         num_heads=(1, 2, 4, 8),
@@ -118,13 +105,19 @@ register_model(
         decoder_num_heads=4,
     ),
 )
-register_model("mixmae_swin_base_w14", MixMAE, _mixmae())
-register_model("mixmae_swin_large_w14", MixMAE, _mixmae(embed_dim=192, num_heads=(6, 12, 24, 48)))
-register_model("mixmae_swin_huge_w14", MixMAE, _mixmae(embed_dim=352, num_heads=(11, 22, 44, 88)))
+register_model("mixmae_swin_base_w14", MixMAE, MixMAEConfig())
+register_model("mixmae_swin_large_w14", MixMAE, MixMAEConfig(embed_dim=192, num_heads=(6, 12, 24, 48)))
+register_model("mixmae_swin_huge_w14", MixMAE, MixMAEConfig(embed_dim=352, num_heads=(11, 22, 44, 88)))
 
 
-def _localmim_vit(**fields: Any) -> LocalMIMViTConfig:
-    return dataclasses.replace(LocalMIMViTConfig(), **fields)
+# MixMAE on the plain ViT (appendix Table 17): MAE's ViT-B/16 and 8-block 512-wide decoder, 16-px mixing regions.
+# The tiny one is for CPU work and tests.
+register_model(
+    "mixmae_vit_tiny_patch16",
+    MixMAEViT,
+    MixMAEViTConfig(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+)
+register_model("mixmae_vit_base_patch16", MixMAEViT, MixMAEViTConfig())
 
 
 # LocalMIM (Sec. 4.1, appendix C): ViT taps blocks [2, 4, 4+n, 6+n] (1-based) with HOG targets of 4/8/16/32 px
@@ -133,11 +126,11 @@ def _localmim_vit(**fields: Any) -> LocalMIMViTConfig:
 register_model(
     "localmim_vit_tiny",
     LocalMIM,
-    _localmim_vit(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_num_heads=4),
+    LocalMIMViTConfig(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_num_heads=4),
 )
-register_model("localmim_vit_small", LocalMIM, _localmim_vit(embed_dim=384, depth=12, num_heads=6))
-register_model("localmim_vit_base", LocalMIM, _localmim_vit())
-register_model("localmim_vit_large", LocalMIM, _localmim_vit(embed_dim=1024, depth=24, num_heads=16))
+register_model("localmim_vit_small", LocalMIM, LocalMIMViTConfig(embed_dim=384, depth=12, num_heads=6))
+register_model("localmim_vit_base", LocalMIM, LocalMIMViTConfig())
+register_model("localmim_vit_large", LocalMIM, LocalMIMViTConfig(embed_dim=1024, depth=24, num_heads=16))
 register_model(
     "localmim_convvit_tiny",
     LocalMIM,

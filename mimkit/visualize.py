@@ -1,8 +1,8 @@
 """Reconstruction pictures: one row per image, columns original | masked | reconstruction |
 reconstruction with the visible patches pasted back (as in MAE's Figure 2).
 
-For mixing methods (MixMAE) a row is one mixed input: the mixed image, then for each of its source images the
-original and its reconstruction with the regions the encoder saw pasted back.
+For mixing methods (MixMAE) a row is one encoder input: the mixed (or filled) image, then for each of its decoder
+branches the source image and its reconstruction with the regions that branch kept pasted back.
 
 LocalMIM (outputs with per-tap losses) predicts a target per tap. With normalized-pixel targets the row shows
 the finest tap's reconstruction (its regions un-normalized with their true statistics); with HOG targets,
@@ -65,16 +65,18 @@ def _prediction_pixels(
 
 
 def _mixed_input_columns(model: PretrainingModel, images: torch.Tensor, out: dict) -> list[torch.Tensor]:
-    """Mixed image, then (source, reconstruction with its visible regions pasted) for every source."""
-    sources, labels = out["mix_sources"], out["mix_labels"]
-    num_mixed, k = sources.shape
+    """The encoder's input (regions replaced by zeros or a [MASK] token drawn as zeros), then (source,
+    reconstruction with the regions its branch kept pasted) for every decoder branch."""
+    sources = out["mix_sources"]
+    num_inputs = sources.shape[0]
     hw = tuple(images.shape[-2:])
-    columns = [torch.zeros(num_mixed, *images.shape[1:], device=images.device)]
-    for branch in range(k):
+    columns = [out["inputs"]]
+    if "token_filled" in out:
+        columns[0] = columns[0] * (1 - mask_to_pixels(out["token_filled"].float(), hw))
+    for branch in range(sources.shape[1]):
+        rows = slice(branch * num_inputs, (branch + 1) * num_inputs)
         source = images[sources[:, branch]]
-        visible = 1 - mask_to_pixels((labels != branch).float(), hw).expand(num_mixed, -1, -1, -1)
-        columns[0] = columns[0] + source * visible
-        rows = slice(branch * num_mixed, (branch + 1) * num_mixed)
+        visible = 1 - mask_to_pixels(out["hidden"][rows].float(), hw)
         recon = _prediction_pixels(model, source, out["x_rec"][rows])
         columns += [source, source * visible + recon * (1 - visible)]
     return columns

@@ -157,6 +157,8 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         ),
         pytest.param("localmim/localmim_convvit_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-convvit"),
         pytest.param("localmim/localmim_swin_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-swin"),
+        pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.fill=zero", 3, id="mixmae-zero-fill"),
+        pytest.param("mixmae/mixmae_vit_tiny_samples.yaml", "model.args.separation=mix_embedding", 5, id="mixmae-vit"),
     ],
 )
 def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):

@@ -15,11 +15,17 @@ from mimkit.official.mixmim import map_mixmim_key
 from tests.parity_cases import parity_dir
 
 SMALL = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), decoder_embed_dim=16, decoder_num_heads=2)
+SMALL_VIT = dict(embed_dim=16, depth=2, num_heads=2, decoder_embed_dim=16, decoder_num_heads=2)
 
 
 def _model(**overrides):
     torch.manual_seed(0)
     return mimkit.create_model("mixmae_swin_tiny", **{**SMALL, **overrides}).eval()
+
+
+def _vit_model(**overrides):
+    torch.manual_seed(0)
+    return mimkit.create_model("mixmae_vit_tiny_patch16", **{**SMALL_VIT, **overrides}).eval()
 
 
 @pytest.mark.parametrize(
@@ -28,12 +34,16 @@ def _model(**overrides):
         pytest.param({}, 4, (64, 96), id="pair"),
         pytest.param({"mixing": "kway", "num_images": 4}, 8, (128, 128), id="kway4"),
         pytest.param({"window_sizes": (3, 3, 3, 3)}, 2, (96, 96), id="padded-windows"),
+        pytest.param({"mixing": "kway", "mask_token_share": 0.5}, 4, (128, 128), id="kway2-with-mask-tokens"),
+        pytest.param({"vit": True}, 4, (64, 48), id="vit-pair"),
+        pytest.param({"vit": True, "mixing": "kway", "num_images": 4}, 8, (64, 64), id="vit-kway4"),
     ],
 )
 def test_changing_the_other_images_of_a_mix_leaves_an_images_reconstruction_unchanged(overrides, batch, size):
     """Masked self-attention: a token only attends to tokens of its own image, so the branch that
     reconstructs image 0 from mixed input 0 cannot see any other image."""
-    model = _model(**overrides)
+    overrides = dict(overrides)
+    model = _vit_model(**overrides) if overrides.pop("vit", False) else _model(**overrides)
     images = torch.randn(batch, 3, *size)
     noise = model.sample_noise(batch, size, torch.Generator().manual_seed(2))
     changed = images.clone()
@@ -115,3 +125,108 @@ def test_bad_inputs_get_clear_errors():
         mimkit.create_model("mixmae_swin_tiny", num_images=3)
     with pytest.raises(ConfigError, match="model.mixing"):
         mimkit.create_model("mixmae_swin_tiny", mixing="triple")
+    with pytest.raises(ConfigError, match="mask_token_share needs mixing='kway'"):
+        mimkit.create_model("mixmae_swin_tiny", mask_token_share=0.5)
+    with pytest.raises(ConfigError, match="model.fill"):
+        mimkit.create_model("mixmae_vit_tiny_patch16", fill="noise")
+    with pytest.raises(ConfigError, match="zoom_factor must be above 1"):
+        mimkit.create_model("mixmae_swin_tiny", fill="zoomin", zoom_factor=1.0)
+
+
+@pytest.mark.parametrize("build", [_model, _vit_model], ids=["swin", "vit"])
+@pytest.mark.parametrize("separation", ["mix_embedding", "none"])
+def test_without_masked_attention_the_other_image_reaches_the_reconstruction(build, separation):
+    """Table 10's alternatives let tokens attend across images, so the isolation above no longer holds."""
+    model = build(separation=separation)
+    images = torch.randn(2, 3, 64, 64)
+    noise = model.sample_noise(2, (64, 64), torch.Generator().manual_seed(2))
+    changed = images.clone()
+    changed[1] = torch.randn_like(changed[1])
+    with torch.no_grad():
+        assert not torch.equal(model(images, noise=noise)["x_rec"][0], model(changed, noise=noise)["x_rec"][0])
+
+
+def test_mix_embedding_adds_a_learned_vector_per_image_group_at_every_stage():
+    model = _model(separation="mix_embedding", mixing="kway", num_images=3)
+    assert [tuple(p.shape) for p in model.mix_embed] == [(3, 8), (3, 16), (3, 32), (3, 64)]
+    images = torch.randn(3, 3, 64, 64)
+    noise = model.sample_noise(3, (64, 64), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(images, noise=noise)["latent"]
+        model.mix_embed[2].add_(1.0)
+        assert not torch.equal(before, model(images, noise=noise)["latent"])
+    assert not hasattr(_model(), "mix_embed")
+
+
+def _region_pixels(images, region=32):
+    from mimkit.patches import patchify
+
+    return patchify(images, region)
+
+
+@pytest.mark.parametrize("fill", ["zero", "learnable"])
+def test_zero_and_learnable_fills_hide_the_pixels_of_the_filled_regions(fill):
+    """The encoder input at a filled region is a constant token, so the pixels there cannot reach the latent."""
+    model = _model(fill=fill)
+    images = torch.randn(2, 3, 64, 96)
+    noise = model.sample_noise(2, (64, 96), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images, noise=noise)
+        filled = out["token_filled"]
+        hidden_pixels = filled.float().reshape(2, 1, 2, 3).repeat_interleave(32, 2).repeat_interleave(32, 3)
+        again = model(images + 5 * hidden_pixels, noise=noise)
+    assert filled.sum(dim=1).tolist() == [3, 3]
+    assert torch.equal(out["latent"], again["latent"])
+    assert out["x_rec"].shape == (2, 6, 3072) and torch.equal(out["mask"], filled.float())
+    assert torch.isfinite(out["loss"])
+
+
+def test_shuffle_fill_permutes_the_hidden_regions_of_the_same_image():
+    model = _model(fill="shuffle", mask_ratio=0.75)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        out = model(images, noise=model.sample_noise(2, (128, 128), torch.Generator().manual_seed(3)))
+    original, shown, hidden = _region_pixels(images), _region_pixels(out["inputs"]), out["mask"].bool()
+    assert torch.equal(shown[~hidden], original[~hidden])
+    for b in range(2):
+        hidden_regions = original[b][hidden[b]]
+        assert torch.equal(shown[b][hidden[b]].sort(dim=0).values, hidden_regions.sort(dim=0).values)
+        assert not torch.equal(shown[b][hidden[b]], hidden_regions)
+
+
+def test_zoomin_fill_takes_the_hidden_regions_from_a_zoomed_in_crop():
+    from mimkit.mix_inputs import zoomed_crops
+
+    model = _model(fill="zoomin", zoom_factor=1.5)
+    images = torch.randn(2, 3, 64, 64)
+    noise = model.sample_noise(2, (64, 64), torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = model(images, noise=noise)
+    crops = zoomed_crops(images, noise[:, 1], 1.5)
+    assert crops.shape == images.shape
+    shown, hidden = _region_pixels(out["inputs"]), out["mask"].bool()
+    assert torch.equal(shown[hidden], _region_pixels(crops)[hidden])
+    assert torch.equal(shown[~hidden], _region_pixels(images)[~hidden])
+
+
+def test_mask_token_share_shows_the_mask_token_in_that_share_of_regions():
+    mix = kway_mix_mask(torch.rand(2, 49, generator=torch.Generator().manual_seed(0)), 2, mask_token_share=0.5)
+    assert mix.filled.sum(dim=1).tolist() == [24, 24]
+    hidden = mix.branch_masks()
+    assert (hidden.sum(dim=-1) >= 36).all()  # each image shows 12 or 13 of 49 regions: mask ratio ~0.75
+    assert torch.equal(hidden.prod(dim=0).bool(), mix.filled)  # [MASK] regions are hidden for every image
+
+
+def test_single_reconstruction_decodes_only_the_first_image_of_each_mix():
+    model = _model(mixing="kway", num_images=2, dual_reconstruction=False)
+    out = model(torch.randn(4, 3, 64, 64))
+    assert out["x_rec"].shape == (2, 4, 3072) and out["mix_sources"].tolist() == [[0], [2]]
+    assert out["mask"][[1, 3]].sum() == 0 and out["mask"][[0, 2]].sum() == 4
+
+
+def test_vit_variant_has_maes_parameters_and_its_encoder_is_a_plain_vit():
+    with torch.device("meta"):
+        mix, mae = mimkit.create_model("mixmae_vit_base_patch16"), mimkit.create_model("mae_vit_base_patch16")
+    assert sum(p.numel() for p in mix.parameters()) == sum(p.numel() for p in mae.parameters())
+    model = _vit_model()
+    assert model.encoder_module()(torch.randn(1, 3, 32, 48)).shape == (1, 1 + 6, 16)

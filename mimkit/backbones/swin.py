@@ -14,6 +14,7 @@ group, so they never reach a real token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -96,7 +97,7 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, nw, n, 3, self.num_heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
         bias = self.position_bias().to(q.dtype)
         if group_mask is not None:
-            bias = bias + group_mask
+            bias = bias + group_mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
 
@@ -199,13 +200,19 @@ class SwinEncoder(nn.Module):
         return self.patch_embed(images).reshape(images.shape[0], gh * 8, gw * 8, -1)
 
     def encode(
-        self, tokens: torch.Tensor, groups: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        restrict_attention: bool = True,
+        group_embeddings: Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the stages on ``(B, H/4, W/4, C)`` tokens.
 
         ``groups``: ``(B or 1, H/32, W/32)`` integer labels on the coarsest grid, read at every stage by nearest
-        upsampling; attention stays inside a group. Returns the final normed tokens ``(B, H*W/1024, C4)`` and
-        the outputs of the four stages' blocks as ``(B, C_s, H/2^(s+2), W/2^(s+2))`` maps.
+        upsampling. With ``restrict_attention`` attention stays inside a group (MixMAE's masked self-attention);
+        ``group_embeddings`` (one ``(K, C_s)`` table per stage) are added to each token by its label at the start
+        of every stage (MixMAE's mix embedding, Sec. 3.3). Returns the final normed tokens ``(B, H*W/1024, C4)``
+        and the outputs of the four stages' blocks as ``(B, C_s, H/2^(s+2), W/2^(s+2))`` maps.
         """
         b, h, w, c = tokens.shape
         x = tokens + self.absolute_pos_embed((h, w))[:, 1:].reshape(1, h, w, c)
@@ -213,7 +220,10 @@ class SwinEncoder(nn.Module):
         for stage, layer in enumerate(self.layers):
             factor = 8 // 2**stage
             labels = groups.repeat_interleave(factor, 1).repeat_interleave(factor, 2) if groups is not None else None
-            mask = window_group_mask(labels, x.shape[1], x.shape[2], layer.blocks[0].window, x.dtype)
+            if group_embeddings is not None:
+                x = x + group_embeddings[stage][labels]
+            restricted = labels if restrict_attention else None
+            mask = window_group_mask(restricted, x.shape[1], x.shape[2], layer.blocks[0].window, x.dtype)
             if mask is not None:
                 mask = mask.to(x.device)
             for block in layer.blocks:
@@ -225,6 +235,34 @@ class SwinEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(self.embed(images))[0]
+
+    pool_with_norm = False
+    """The authors' Swin fine-tuning pools the normed tokens and adds no norm of its own."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dims[3]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C4)`` mean of the final normed tokens (MixMAE fine-tuning)."""
+        return self(images).mean(dim=1)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: the four stage outputs at 1/4 .. 1/32."""
+        return [{"num_chs": c, "reduction": 4 * 2**s, "module": f"layers.{s}"} for s, c in enumerate(self.embed_dims)]
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: embeddings 0, then every block in running order; a
+        patch merging joins the last block of its stage (the SimMIM/MixMAE convention for Swin)."""
+        if name.startswith(("patch_embed", "absolute_pos_embed")):
+            return (0,)
+        if name.startswith("layers."):
+            parts = name.split(".")
+            stage = int(parts[1])
+            block = int(parts[3]) if parts[2] == "blocks" else len(self.layers[stage].blocks) - 1
+            return (stage + 1, block)
+        return (math.inf,)
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stage outputs at 1/4, 1/8, 1/16, 1/32 (before each patch merging) for dense prediction."""

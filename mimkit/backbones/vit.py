@@ -6,6 +6,7 @@ token (fine-tuning, feature extraction). Position embeddings are built for whate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -95,6 +96,41 @@ class VisionTransformerEncoder(nn.Module):
                     x = x.detach()
         x = self.norm(x)
         return (x, [outputs[index] for index in return_layers]) if return_layers else x
+
+    pool_with_norm = True
+    """Fine-tuning adds its own norm after pooling (MAE's global pooling drops ``norm``)."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` mean of the patch tokens after the last block, before ``norm`` (MAE fine-tuning)."""
+        _, (last,) = self(images, return_layers=(len(self.blocks) - 1,))
+        return last[:, 1:].mean(dim=1)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: every block's output at 1/patch_size (timm's convention)."""
+        return [
+            {"num_chs": self.embed_dim, "reduction": self.patch_size, "module": f"blocks.{i}"}
+            for i in range(len(self.blocks))
+        ]
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's patch tokens as ``(B, D, H/p, W/p)`` maps (a single scale: a plain ViT reaches 1/4..1/32
+        through :class:`mimkit.heads.simple_pyramid.SimpleFeaturePyramid`)."""
+        gh, gw = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
+        _, taps = self(images, return_layers=tuple(range(len(self.blocks))))
+        return [t[:, 1:].transpose(1, 2).reshape(len(images), -1, gh, gw) for t in taps]
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: embeddings 0, block i at i + 1, the rest last."""
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return (0,)
+        if name.startswith("blocks."):
+            return (int(name.split(".")[1]) + 1,)
+        return (math.inf,)
 
 
 def init_mae_weights(module: nn.Module) -> None:

@@ -7,6 +7,7 @@ un-shuffled back to spatial order with ``ids_restore``; a few transformer blocks
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -54,6 +55,30 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         for module in self.modules():
             init_mae_weights(module)
+
+    @classmethod
+    def for_pixels(
+        cls,
+        config: Any,
+        in_dim: int,
+        patch_size: int,
+        num_prefix_tokens: int,
+        norm_eps: float = 1e-6,
+        mlp_ratio: float | None = None,
+    ) -> MAEDecoder:
+        """A decoder predicting the ``patch_size`` pixels of every patch, sized by a method config's
+        ``decoder_embed_dim``, ``decoder_depth``, ``decoder_num_heads``, ``mlp_ratio``, ``img_size``, ``in_chans``."""
+        return cls(
+            in_dim=in_dim,
+            out_dim=patch_size**2 * config.in_chans,
+            embed_dim=config.decoder_embed_dim,
+            depth=config.decoder_depth,
+            num_heads=config.decoder_num_heads,
+            mlp_ratio=config.mlp_ratio if mlp_ratio is None else mlp_ratio,
+            norm_eps=norm_eps,
+            default_grid=config.img_size // patch_size,
+            num_prefix_tokens=num_prefix_tokens,
+        )
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         x = self.embed(latent)

@@ -98,16 +98,8 @@ class ConvMAE(PretrainingModel):
         self.in_chans = config.in_chans
         self.encoder = encoder_from_config(ConvViTEncoder, config)
         self.fusion = MultiScaleFusion(config.embed_dims) if config.multiscale_decoder else None
-        self.decoder = MAEDecoder(
-            in_dim=config.embed_dims[2],
-            out_dim=TOKEN_SIZE**2 * config.in_chans,
-            embed_dim=config.decoder_embed_dim,
-            depth=config.decoder_depth,
-            num_heads=config.decoder_num_heads,
-            mlp_ratio=config.resolved_decoder_mlp_ratio,
-            norm_eps=config.norm_eps,
-            default_grid=config.img_size // TOKEN_SIZE,
-            num_prefix_tokens=0,
+        self.decoder = MAEDecoder.for_pixels(
+            config, config.embed_dims[2], TOKEN_SIZE, 0, config.norm_eps, config.resolved_decoder_mlp_ratio
         )
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:

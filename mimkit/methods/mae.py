@@ -62,16 +62,7 @@ class MAE(PretrainingModel):
         self.patch_size = config.patch_size
         self.in_chans = config.in_chans
         self.encoder = encoder_from_config(VisionTransformerEncoder, config)
-        self.decoder = MAEDecoder(
-            in_dim=config.embed_dim,
-            out_dim=config.patch_size**2 * config.in_chans,
-            embed_dim=config.decoder_embed_dim,
-            depth=config.decoder_depth,
-            num_heads=config.decoder_num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            default_grid=config.img_size // config.patch_size,
-        )
+        self.decoder = MAEDecoder.for_pixels(config, config.embed_dim, config.patch_size, 1, config.norm_eps)
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:
         gh, gw = grid_size(image_size[0], image_size[1], self.patch_size)

@@ -1,0 +1,65 @@
+"""The encoder of any pretraining model, from a mimkit checkpoint, an authors' checkpoint, or at random."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from torch import nn
+
+from mimkit.engine.checkpoint import FORMAT, load_checkpoint
+from mimkit.errors import MimkitError
+from mimkit.models import create_model
+from mimkit.official import (
+    load_convmae_weights,
+    load_localmim_weights,
+    load_mae_weights,
+    load_mixmim_weights,
+    read_official_checkpoint,
+)
+
+OFFICIAL_LOADERS = {
+    "mae_": load_mae_weights,
+    "convmae_": load_convmae_weights,
+    "mixmae_swin_": load_mixmim_weights,
+    "localmim_vit_": load_localmim_weights,
+}
+"""Which key mapping reads an authors' checkpoint, by the prefix of the mimkit model name."""
+
+
+def is_mimkit_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("format") == FORMAT
+
+
+def load_encoder(
+    model_name: str, model_args: dict[str, Any] | None = None, checkpoint: str | Path | None = None
+) -> nn.Module:
+    """The encoder of pretraining model ``model_name`` built with ``model_args``.
+
+    ``checkpoint``: a mimkit pretraining checkpoint (its own model name and configuration are used, with
+    ``model_args`` on top, e.g. a drop-path rate or image size), an authors' released checkpoint (``.pth`` or
+    ``.safetensors``, read through the key mapping of the model's family), or ``None`` for a random init.
+    """
+    model_args = dict(model_args or {})
+    if checkpoint is None:
+        return create_model(model_name, **model_args).encoder_module()
+    if is_mimkit_checkpoint(checkpoint):
+        stored = load_checkpoint(checkpoint)
+        name = stored.config.get("model", {}).get("name", model_name)
+        model = create_model(name, **{**stored.config.get("resolved_model", {}), **model_args})
+        model.load_state_dict(stored.model)
+        return model.encoder_module()
+    loader = next((load for prefix, load in OFFICIAL_LOADERS.items() if model_name.startswith(prefix)), None)
+    if loader is None:
+        raise MimkitError(
+            f"{checkpoint} is not a mimkit checkpoint, and no authors' key mapping is known for '{model_name}' "
+            f"(known families: {', '.join(OFFICIAL_LOADERS)})"
+        )
+    model = create_model(model_name, **model_args)
+    loader(model, read_official_checkpoint(checkpoint), encoder_only=True)
+    return model.encoder_module()
