@@ -44,6 +44,53 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.checkpoint:
+        overrides.append(f"model.checkpoint={args.checkpoint}")
+    if getattr(args, "output", None):
+        overrides.append(f"output={args.output}")
+    return overrides
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from mimkit.eval.config import load_transfer_config
+    from mimkit.eval.transfer import TransferTrainer
+
+    config = load_transfer_config(args.command, resolve_config_path(args.config), _transfer_overrides(args))
+    summary = TransferTrainer(config).run()
+    print(
+        f"done: {summary.steps} steps in {summary.seconds:.1f} s; val top-1 {summary.last_top1:.2f}% "
+        f"(best {summary.best_top1:.2f}%), top-5 {summary.last_top5:.2f}%"
+    )
+    print(f"best checkpoint: {summary.best_checkpoint}")
+    print(f"last checkpoint: {summary.last_checkpoint}")
+    return 0
+
+
+def _knn(args: argparse.Namespace) -> int:
+    from mimkit.eval.config import load_knn_config
+    from mimkit.eval.knn import knn_evaluate
+
+    result = knn_evaluate(load_knn_config(resolve_config_path(args.config), _transfer_overrides(args)))
+    print(
+        f"kNN: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.train_images} training, "
+        f"{result.val_images} validation images, {result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mimkit.export import export_encoder
+
+    path, timm_name, fields = export_encoder(args.checkpoint, args.output)
+    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
+    print(f"encoder written to {path}; load it with")
+    print(f"  timm.create_model('{timm_name}', pretrained=True, pretrained_cfg_overlay=dict(file='{path}'){extra})")
+    print("after `import mimkit` (add num_classes=N for a classifier, features_only=True for multi-scale maps)")
+    return 0
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from mimkit.inference import visualize_images
 
@@ -72,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. train.epochs=10 model.args.mask_ratio=0.6",
     )
     pre.set_defaults(handler=_pretrain)
+
+    for command, text in (
+        ("finetune", "fine-tune a pretrained encoder with a linear head (default: Fashion-MNIST)"),
+        ("linprobe", "train a linear probe on a frozen pretrained encoder"),
+        ("knn", "weighted kNN classification on frozen features"),
+    ):
+        sub = commands.add_parser(command, help=text)
+        sub.add_argument("--config", help="YAML config: a path, or a name under configs/ such as finetune/...")
+        sub.add_argument("--checkpoint", help="pretrained weights: a mimkit checkpoint or an authors' release")
+        sub.add_argument("--output", help="output directory (knn: a JSON file for the result)")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+        sub.set_defaults(handler=_knn if command == "knn" else _transfer)
+
+    exp = commands.add_parser("export", help="write a pretrained encoder as a safetensors file timm loads")
+    exp.add_argument("--checkpoint", required=True, help="a mimkit pretraining checkpoint (.safetensors)")
+    exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
+    exp.set_defaults(handler=_export)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
     viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")

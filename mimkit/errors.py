@@ -7,3 +7,7 @@ class MimkitError(Exception):
 
 class NonFiniteLossError(MimkitError):
     """The loss became NaN or infinite; the run stops before the bad update is applied."""
+
+
+class CheckpointError(MimkitError, ValueError):
+    """A file that is not a readable checkpoint of the expected kind."""

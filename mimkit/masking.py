@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,18 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> RandomMask:
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Select ``tokens[b, ids[b, k]]`` for ``(B, L, D)`` tokens and ``(B, K)`` indices."""
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def resample_mask(mask: torch.Tensor, grid: tuple[int, int], factor: float) -> torch.Tensor:
+    """A ``(B, gh*gw)`` row-major mask read on a grid ``factor`` times finer (``factor`` >= 1: each cell becomes
+    ``factor x factor`` cells) or coarser (``factor`` < 1: each coarse cell takes the *average* of the cells it
+    covers, so a partly masked region gets a fractional weight, as LocalMIM's ``recal_mask``; parity README 6)."""
+    b = mask.shape[0]
+    cells = mask.reshape(b, 1, *grid)
+    if factor >= 1:
+        up = round(factor)
+        cells = cells.repeat_interleave(up, dim=2).repeat_interleave(up, dim=3)
+    else:
+        down = round(1 / factor)
+        cells = F.avg_pool2d(cells, down, down)
+    return cells.reshape(b, -1)

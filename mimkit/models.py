@@ -10,9 +10,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from torch import nn
+
+from mimkit.backbones.build import encoder_from_config
+from mimkit.backbones.convvit import ConvViTEncoder
+from mimkit.backbones.swin import SwinEncoder
+from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import ConfigError, from_dict, to_dict
 from mimkit.methods.base import PretrainingModel
 from mimkit.methods.convmae import ConvMAE, ConvMAEConfig
+from mimkit.methods.localmim import LocalMIM, LocalMIMConvViTConfig, LocalMIMSwinConfig, LocalMIMViTConfig
 from mimkit.methods.mae import MAE, MAEConfig
 from mimkit.methods.mixmae import MixMAE, MixMAEConfig, MixMAEViT, MixMAEViTConfig
 from mimkit.methods.mrmae import MRMAE, MRMCMAE, MRMAEConfig, MRMCMAEConfig
@@ -57,6 +64,26 @@ def create_model(name: str, **overrides: Any) -> PretrainingModel:
     model_class, _ = _REGISTRY.get(name, (None, None))
     config = model_config(name, **overrides)
     return model_class(config)
+
+
+ENCODERS: dict[type, type[nn.Module]] = {
+    MAEConfig: VisionTransformerEncoder,
+    MixMAEViTConfig: VisionTransformerEncoder,
+    LocalMIMViTConfig: VisionTransformerEncoder,
+    ConvMAEConfig: ConvViTEncoder,
+    LocalMIMConvViTConfig: ConvViTEncoder,
+    MixMAEConfig: SwinEncoder,
+    LocalMIMSwinConfig: SwinEncoder,
+}
+"""The encoder class behind each configuration type (MR-MAE's configs extend MAE's and ConvMAE's)."""
+
+
+def create_encoder(name: str, **overrides: Any) -> nn.Module:
+    """The encoder of model ``name`` alone, as ``create_model(name, **overrides).encoder_module()`` would hold it,
+    without building decoders, targets or teachers (fine-tuning, feature extraction, export)."""
+    config = model_config(name, **overrides)
+    encoder_class = next(ENCODERS[c] for c in type(config).__mro__ if c in ENCODERS)
+    return encoder_from_config(encoder_class, config)
 
 
 # MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
@@ -132,6 +159,32 @@ register_model(
 )
 register_model("mixmae_vit_base_patch16", MixMAEViT, MixMAEViTConfig())
 
+
+# LocalMIM (Sec. 4.1, appendix C): ViT taps blocks [2, 4, 4+n, 6+n] (1-based) with HOG targets of 4/8/16/32 px
+# regions and 18 orientation bins, decoders of one 256-wide block with 8 heads; hierarchical encoders tap every
+# stage with 128-wide, 4-head decoders and targets at the stage's own scale. The tiny ones are for CPU work.
+register_model(
+    "localmim_vit_tiny",
+    LocalMIM,
+    LocalMIMViTConfig(embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128, decoder_num_heads=4),
+)
+register_model("localmim_vit_small", LocalMIM, LocalMIMViTConfig(embed_dim=384, depth=12, num_heads=6))
+register_model("localmim_vit_base", LocalMIM, LocalMIMViTConfig())
+register_model("localmim_vit_large", LocalMIM, LocalMIMViTConfig(embed_dim=1024, depth=24, num_heads=16))
+register_model(
+    "localmim_convvit_tiny",
+    LocalMIM,
+    LocalMIMConvViTConfig(embed_dims=(32, 64, 128), depths=(1, 1, 4), num_heads=4, decoder_embed_dim=64),
+)
+register_model("localmim_convvit_base", LocalMIM, LocalMIMConvViTConfig())
+register_model(
+    "localmim_swin_tiny",
+    LocalMIM,
+    LocalMIMSwinConfig(
+        embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_sizes=(8, 8, 8, 4), decoder_embed_dim=64
+    ),
+)
+register_model("localmim_swin_base", LocalMIM, LocalMIMSwinConfig())
 
 # MR-MAE (paper 003): MAE's ViT-B/16 with its 8-block 512-wide decoder, mask ratio 0.75, mimicking the CLIP
 # ViT-B/16 image tower (Sec. 4.1 default teacher) on the student's 14x14 grid; loss 0.5 L_M + 0.5 L_R. The teacher

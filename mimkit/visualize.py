@@ -2,7 +2,11 @@
 reconstruction with the visible patches pasted back (as in MAE's Figure 2).
 
 For mixing methods (MixMAE) a row is one encoder input: the mixed (or filled) image, then for each of its decoder
-branches the source image and its reconstruction with the regions that branch kept pasted back."""
+branches the source image and its reconstruction with the regions that branch kept pasted back.
+
+LocalMIM (outputs with per-tap losses) predicts a target per tap. With normalized-pixel targets the row shows
+the finest tap's reconstruction (its regions un-normalized with their true statistics); with HOG targets,
+which are not pictures, the row is original | masked only."""
 
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ def reconstruction_grid(
     model.train(was_training)
     if "mix_sources" in out:
         columns = _mixed_input_columns(model, images, out)
+    elif "loss_tap0" in out:
+        columns = _local_columns(model, images, out)
     else:
         mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
         masked = images * (1 - mask)
@@ -43,12 +49,15 @@ def reconstruction_grid(
     return torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
 
 
-def _prediction_pixels(model: PretrainingModel, images: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+def _prediction_pixels(
+    model: PretrainingModel, images: torch.Tensor, pred: torch.Tensor, patch_size: int | None = None
+) -> torch.Tensor:
     """Per-patch predictions of ``images`` as pixels (undoing the per-patch normalization of norm-pix targets)."""
-    p = model.patch_size
+    p = patch_size or model.patch_size
     grid = grid_size(images.shape[-2], images.shape[-1], p)
     pred = pred.float()
-    if getattr(getattr(model, "config", None), "norm_pix_loss", False):
+    config = getattr(model, "config", None)
+    if getattr(config, "norm_pix_loss", False) or getattr(config, "target", None) == "pixels":
         # Predictions are in per-patch normalized units; map them back with the true patch statistics.
         patches = patchify(images, p)
         mu = patches.mean(dim=-1, keepdim=True)
@@ -73,6 +82,17 @@ def _mixed_input_columns(model: PretrainingModel, images: torch.Tensor, out: dic
         recon = _prediction_pixels(model, source, out["x_rec"][rows])
         columns += [source, source * visible + recon * (1 - visible)]
     return columns
+
+
+def _local_columns(model: PretrainingModel, images: torch.Tensor, out: dict) -> list[torch.Tensor]:
+    """Original, masked and, for pixel targets, the finest tap's reconstruction alone and pasted."""
+    mask = mask_to_pixels(out["mask"].float(), tuple(images.shape[-2:]))
+    masked = images * (1 - mask)
+    if model.config.target != "pixels":
+        return [images, masked]
+    finest = min(range(len(model.cells)), key=lambda k: model.cells[k])
+    recon = _prediction_pixels(model, images, out[f"pred{finest}"], model.cells[finest])
+    return [images, masked, recon, masked + recon * mask]
 
 
 def mask_to_pixels(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

@@ -54,3 +54,24 @@ def assert_gradient_norms(case: ParityCase, model: torch.nn.Module, map_key) -> 
         assert grads[name].norm().item() == pytest.approx(float.fromhex(norm_hex), rel=1e-8), name
         checked += 1
     assert checked == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def state_dict_layout(method: str) -> dict:
+    """The method's ``base_state_dict_layout.json`` (paper-size key lists), or a skip when it is absent."""
+    path = parity_dir() / method / "base_state_dict_layout.json"
+    if not path.is_file():
+        pytest.skip(f"no parity layout at {path}")
+    return json.loads(path.read_text())
+
+
+def assert_official_keys_map_onto_parameters(spec: dict, model: torch.nn.Module, map_key) -> None:
+    """Every official key of a layout ``spec`` that ``map_key`` keeps names a parameter of the same size, and every
+    parameter is named by one."""
+    params = dict(model.named_parameters())
+    mapped = {}
+    for entry in spec["state_dict"]:
+        target = map_key(entry["key"])
+        if target is not None:
+            mapped[target] = torch.Size(entry["shape"]).numel()
+    assert set(mapped) == set(params)
+    assert all(params[name].numel() == size for name, size in mapped.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mimkit.cli import main
-from mimkit.config_schema import ConfigError, apply_overrides
+from mimkit.config_schema import ConfigError, apply_overrides, load_yaml
 from mimkit.engine.config import load_pretrain_config
 
 
@@ -70,16 +70,28 @@ def test_cli_reports_bad_model_args(capsys, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter:UserWarning")
 def test_shipped_configs_validate(tmp_path):
+    """Every pretraining recipe builds its model (absent teacher files replaced by a test teacher); every
+    transfer recipe builds its classifier."""
     from pathlib import Path
 
+    import torch
+
     from mimkit.engine.pretrain import build_pretrain_model
+    from mimkit.eval.classifier import Classifier
+    from mimkit.eval.config import load_transfer_config
+    from mimkit.eval.loading import load_encoder
     from tests.teacher_files import with_test_teachers
 
-    configs = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
-    assert configs
-    for path in configs:
+    root = Path(__file__).parent.parent / "configs"
+    pretraining = sorted(p for p in root.rglob("*.yaml") if p.parent.name != "finetune")
+    transfer = sorted((root / "finetune").glob("*.yaml"))
+    assert pretraining and transfer
+    for path in pretraining:
         config = with_test_teachers(load_pretrain_config(str(path)), tmp_path)
-        import torch
-
         with torch.device("meta"):
             build_pretrain_model(config)
+    for path in transfer:
+        config = load_transfer_config(load_yaml(str(path))["protocol"], str(path))
+        args = {**config.model.args, "img_size": config.data.img_size, "in_chans": config.data.in_chans}
+        with torch.device("meta"):
+            Classifier(load_encoder(config.model.name, args), 10, config.protocol == "linprobe")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torchvision.ops import FeaturePyramidNetwork
@@ -13,7 +11,7 @@ from mimkit.config_schema import ConfigError
 from mimkit.masking import random_masking
 from mimkit.official.convmae import map_convmae_key
 from mimkit.visualize import mask_to_pixels
-from tests.parity_cases import parity_dir
+from tests.parity_cases import assert_official_keys_map_onto_parameters, state_dict_layout
 
 SMALL = dict(
     embed_dims=(8, 16, 32),
@@ -128,23 +126,13 @@ def test_feature_maps_equal_the_visible_only_features_when_nothing_is_masked():
 
 
 def _layout():
-    path = parity_dir() / "convmae" / "base_state_dict_layout.json"
-    if not path.is_file():
-        pytest.skip(f"no parity layout at {path}")
-    return json.loads(path.read_text())
+    return state_dict_layout("convmae")
 
 
 def test_every_official_base_key_maps_onto_a_parameter_of_the_same_size():
-    spec = _layout()["base"]
     with torch.device("meta"):
-        params = dict(mimkit.create_model("convmae_base").named_parameters())
-    mapped = {}
-    for entry in spec["state_dict"]:
-        target = map_convmae_key(entry["key"])
-        if target is not None:
-            mapped[target] = torch.Size(entry["shape"]).numel()
-    assert set(mapped) == set(params)
-    assert all(params[name].numel() == size for name, size in mapped.items())
+        model = mimkit.create_model("convmae_base")
+    assert_official_keys_map_onto_parameters(_layout()["base"], model, map_convmae_key)
 
 
 @pytest.mark.parametrize("name, variant", [("convmae_base", None), ("convmae_base_star", "base_star_mlp8_stage12")])

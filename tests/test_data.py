@@ -112,3 +112,26 @@ def test_fashion_mnist_reads_idx_files():
     image = test.load(0)
     assert image.size == (28, 28) and image.mode == "L"
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_a_sample_is_the_same_whatever_the_global_random_state():
+    """Per-sample seeding covers torch, Python's random and NumPy (timm's RandAugment uses the latter two)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from mimkit.data import AugmentedDataset
+    from mimkit.data.sources import ArraySource
+
+    def transform(_image):
+        return torch.tensor([torch.rand(()).item(), random.random(), float(np.random.rand())])
+
+    dataset = AugmentedDataset(ArraySource([np.zeros((4, 4), dtype=np.uint8)] * 3), transform, seed=5)
+    first = dataset[(2, 1)]["image"]
+    random.seed(123)
+    np.random.seed(456)
+    torch.manual_seed(789)
+    assert torch.equal(dataset[(2, 1)]["image"], first)
+    assert not torch.equal(dataset[(2, 0)]["image"], first)
+    assert random.random() == random.Random(123).random()  # the caller's generator state is left as it was

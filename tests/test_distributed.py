@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.checkpoint import load_checkpoint
 from tests.conftest import REPO_ROOT, tiny_overrides
 
@@ -50,6 +51,51 @@ def test_two_processes_equal_one_process(tmp_path):
     )
     assert len(_losses(two)) == 8
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
+    single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
+    double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
+    assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
+def test_two_process_finetuning_equals_one_process(tmp_path):
+    """DDP fine-tuning: 2 processes x 4 images match 1 process x 8 images (losses, weights, accuracy)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [
+        "model.args.patch_size=7",
+        "model.args.embed_dim=32",
+        "model.args.depth=2",
+        "model.args.num_heads=2",
+        "data.train_limit=64",
+        "data.val_limit=40",
+        "data.num_workers=0",
+        "augment.mixup=0",
+        "augment.cutmix=0",
+        "train.drop_path=0",
+        "train.epochs=1",
+    ]
+    _run([sys.executable, "-m", "mimkit.cli", "finetune", "--output", str(one), *common, "train.batch_size=8"])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            "-m",
+            "mimkit.cli",
+            "finetune",
+            "--output",
+            str(two),
+            *common,
+            "train.batch_size=4",
+        ]
+    )
+    steps = [r for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    reference = [r for r in map(json.loads, (one / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 8
+    assert [r["loss"] for r in steps] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
     single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
     double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
     assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5

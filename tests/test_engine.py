@@ -153,6 +153,11 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=block", 4, id="convmae-block"),
         pytest.param("convmae/convmae_tiny_samples.yaml", "model.args.masking=random", 4, id="convmae-random"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.mixing=pair", 5, id="mixmae-pair"),
+        pytest.param(
+            "localmim/localmim_vit_tiny_samples.yaml", "model.args.target=pixels", 4, id="localmim-vit-pixels"
+        ),
+        pytest.param("localmim/localmim_convvit_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-convvit"),
+        pytest.param("localmim/localmim_swin_tiny_samples.yaml", "model.args.target=hog", 2, id="localmim-swin"),
         pytest.param("mixmae/mixmae_swin_tiny_samples.yaml", "model.args.fill=zero", 3, id="mixmae-zero-fill"),
         pytest.param("mixmae/mixmae_vit_tiny_samples.yaml", "model.args.separation=mix_embedding", 5, id="mixmae-vit"),
         pytest.param("mrmae/mrmae_vit_tiny_samples.yaml", "model.args.teacher.weights={teacher}", 4, id="mrmae"),
@@ -161,8 +166,9 @@ def test_bf16_autocast_and_gradient_clipping_run(tiny_config):
 )
 def test_tiny_methods_pretrain_from_the_cli_and_draw_their_reconstructions(tmp_path, config, extra, columns):
     """Each method's shipped tiny config runs from the CLI; MixMAE's rows show the mixed input and both
-    reconstructions (mixed | image A | reconstruction | image B | reconstruction). MR-MAE's teacher is a tiny MAE
-    checkpoint the test writes."""
+    reconstructions (mixed | image A | reconstruction | image B | reconstruction). LocalMIM's HOG rows show
+    original | masked; with pixel targets the finest tap's reconstruction and its pasted version follow. MR-MAE's
+    teacher is a tiny MAE checkpoint the test writes."""
     from PIL import Image
 
     if "{teacher}" in extra:

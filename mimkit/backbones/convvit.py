@@ -13,10 +13,10 @@ reference path for benchmarks and tests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,18 @@ class ConvViTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        self.init_kwargs = {
+            "in_chans": in_chans,
+            "embed_dims": tuple(embed_dims),
+            "depths": tuple(depths),
+            "num_heads": num_heads,
+            "mlp_ratios": tuple(mlp_ratios),
+            "kernel_size": kernel_size,
+            "norm_eps": norm_eps,
+            "img_size": img_size,
+            "drop_path_rate": drop_path_rate,
+        }
+        """The constructor's arguments, so a variant (the detection encoder) can be built like this one."""
         if len(embed_dims) != 3 or len(depths) != 3 or len(mlp_ratios) != 3:
             raise ValueError("embed_dims, depths and mlp_ratios need one value per stage (3 each)")
         c1, c2, c3 = embed_dims
@@ -151,28 +163,13 @@ class ConvViTEncoder(nn.Module):
         for module in self.modules():
             init_mae_weights(module)
 
-    @classmethod
-    def from_config(cls, config: Any) -> ConvViTEncoder:
-        """The encoder a method config describes (its ``in_chans``, ``embed_dims``, ``depths``, ``num_heads``,
-        ``mlp_ratios``, ``kernel_size``, ``norm_eps``, ``img_size`` and ``drop_path_rate`` fields)."""
-        return cls(
-            in_chans=config.in_chans,
-            embed_dims=config.embed_dims,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            mlp_ratios=config.mlp_ratios,
-            kernel_size=config.kernel_size,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-
     def forward(
         self,
         images: torch.Tensor,
         ids_keep: torch.Tensor | None = None,
         visibility: torch.Tensor | None = None,
         dense_conv_stages: bool = False,
+        isolate_after: Collection[int] = (),
     ) -> ConvViTFeatures:
         """Encode ``images`` (height and width multiples of 16).
 
@@ -181,6 +178,8 @@ class ConvViTEncoder(nn.Module):
         visibility: ``(B, L, 4, 4)`` stage-1 cell visibility (1 = visible) for conv stages that run on every
             position: it zeroes the masked cells' embeddings and masks every depthwise conv's input (stage 2
             sees a cell as visible when any of its four stage-1 cells is). ``None`` = nothing masked there.
+        isolate_after: stages (0 or 1) whose output the next stage reads as a detached copy, so a loss on such a
+            stage's output trains the stages up to it alone (gradient-isolated training, LocalMIM Table 5).
         """
         if images.shape[1] != self.in_chans:
             raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
@@ -198,19 +197,60 @@ class ConvViTEncoder(nn.Module):
         for block in self.blocks1:
             x = block(x, layout, vis1)
         stage1 = x
-        x = self.patch_embed2(group_cells(x, 2))
+        x = self.patch_embed2(group_cells(x.detach() if 0 in isolate_after else x, 2))
         if vis2 is not None:
             x = x * vis2
         for block in self.blocks2:
             x = block(x, layout, vis2)
         stage2 = x
-        x = self.patch_embed3(group_cells(x, 2)).flatten(1, 3)
+        x = self.patch_embed3(group_cells(x.detach() if 1 in isolate_after else x, 2)).flatten(1, 3)
         x = self.patch_embed4(x) + layout.select(self.pos_embed(grid)[:, 1:].expand(x.shape[0], -1, -1))
         if ids_keep is not None and not sparse:
             x = CellLayout(grid, ids_keep).select(x)
+        x = self.run_stage3(x, grid, masked=ids_keep is not None)
+        return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+
+    def run_stage3(self, x: torch.Tensor, grid: tuple[int, int], masked: bool) -> torch.Tensor:
+        """The transformer blocks on ``(B, N, C3)`` tokens: every token of ``grid`` (row-major), or the visible
+        ones when ``masked``. Global attention here; the detection variant attends in windows."""
         for block in self.blocks3:
             x = block(x)
-        return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+        return x
+
+    pool_with_norm = True
+    """Fine-tuning adds its own norm after pooling (the authors' global pooling leaves ``norm`` unused)."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dims[2]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C3)`` mean of the stage-3 tokens after the last block (ConvMAE fine-tuning)."""
+        return self(images).stage3.mean(dim=1)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: E1..E4 at 1/4, 1/8, 1/16, 1/32."""
+        c1, c2, c3 = self.embed_dims
+        modules = ("blocks1", "blocks2", "blocks3", "blocks3")
+        return [
+            {"num_chs": c, "reduction": r, "module": m}
+            for c, r, m in zip((c1, c2, c3, c3), (4, 8, 16, 32), modules, strict=True)
+        ]
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: every conv and transformer block is a layer, in running
+        order after the stage-1 embedding (layer 0); a later stage's embedding joins the last block before it."""
+        stage = name[len("blocks") : name.index(".")] if name.startswith("blocks") else None
+        if stage is not None:
+            return (int(stage), int(name.split(".")[1]))
+        if name.startswith("patch_embed1"):
+            return (0,)
+        if name.startswith("patch_embed2"):
+            return (1, len(self.blocks1) - 1)
+        if name.startswith(("patch_embed3", "patch_embed4", "pos_embed")):
+            return (2, len(self.blocks2) - 1)
+        return (math.inf,)
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """E1..E4 of the whole image as ``(B, C, H/s, W/s)`` maps for s = 4, 8, 16, 32 (ConvMAE Sec. 2.3).

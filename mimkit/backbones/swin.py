@@ -14,6 +14,7 @@ group, so they never reach a real token.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -234,6 +235,34 @@ class SwinEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(self.embed(images))[0]
+
+    pool_with_norm = False
+    """The authors' Swin fine-tuning pools the normed tokens and adds no norm of its own."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dims[3]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C4)`` mean of the final normed tokens (MixMAE fine-tuning)."""
+        return self(images).mean(dim=1)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: the four stage outputs at 1/4 .. 1/32."""
+        return [{"num_chs": c, "reduction": 4 * 2**s, "module": f"layers.{s}"} for s, c in enumerate(self.embed_dims)]
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: embeddings 0, then every block in running order; a
+        patch merging joins the last block of its stage (the SimMIM/MixMAE convention for Swin)."""
+        if name.startswith(("patch_embed", "absolute_pos_embed")):
+            return (0,)
+        if name.startswith("layers."):
+            parts = name.split(".")
+            stage = int(parts[1])
+            block = int(parts[3]) if parts[2] == "blocks" else len(self.layers[stage].blocks) - 1
+            return (stage + 1, block)
+        return (math.inf,)
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stage outputs at 1/4, 1/8, 1/16, 1/32 (before each patch merging) for dense prediction."""

@@ -6,9 +6,9 @@ token (fine-tuning, feature extraction). Position embeddings are built for whate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 from timm.layers import PatchEmbed
@@ -57,22 +57,6 @@ class VisionTransformerEncoder(nn.Module):
         self.norm = norm_layer(embed_dim)
         self._init_weights()
 
-    @classmethod
-    def from_config(cls, config: Any) -> VisionTransformerEncoder:
-        """The encoder a method config describes (its ``patch_size``, ``in_chans``, ``embed_dim``, ``depth``,
-        ``num_heads``, ``mlp_ratio``, ``norm_eps``, ``img_size`` and ``drop_path_rate`` fields)."""
-        return cls(
-            patch_size=config.patch_size,
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            norm_eps=config.norm_eps,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
-
     def _init_weights(self) -> None:
         """MAE initialisation: xavier-uniform linears and patch projection, cls token N(0, 0.02)."""
         nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(self.embed_dim, -1))
@@ -85,10 +69,14 @@ class VisionTransformerEncoder(nn.Module):
         images: torch.Tensor,
         ids_keep: torch.Tensor | None = None,
         return_layers: Sequence[int] = (),
+        isolate_layers: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode ``images``; keep only tokens ``ids_keep`` (``(B, K)``) when given.
 
-        ``return_layers`` lists 0-based block indices whose raw outputs are also returned.
+        ``return_layers`` lists 0-based block indices whose raw outputs are also returned (once per listed
+        index, in the listed order). ``isolate_layers`` stops the gradient after each of those blocks: the next
+        block reads a detached copy, so a loss on a returned output trains only the blocks since the previous
+        one (gradient-isolated training, LocalMIM Table 5).
         """
         grid = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
         if images.shape[1] != self.in_chans:
@@ -99,13 +87,50 @@ class VisionTransformerEncoder(nn.Module):
             x = gather_tokens(x, ids_keep)
         cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        taps = []
+        outputs = {}
         for index, block in enumerate(self.blocks):
             x = block(x)
             if index in return_layers:
-                taps.append(x)
+                outputs[index] = x
+                if isolate_layers:
+                    x = x.detach()
         x = self.norm(x)
-        return (x, taps) if return_layers else x
+        return (x, [outputs[index] for index in return_layers]) if return_layers else x
+
+    pool_with_norm = True
+    """Fine-tuning adds its own norm after pooling (MAE's global pooling drops ``norm``)."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` mean of the patch tokens after the last block, before ``norm`` (MAE fine-tuning)."""
+        _, (last,) = self(images, return_layers=(len(self.blocks) - 1,))
+        return last[:, 1:].mean(dim=1)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """What :meth:`feature_maps` returns: every block's output at 1/patch_size (timm's convention)."""
+        return [
+            {"num_chs": self.embed_dim, "reduction": self.patch_size, "module": f"blocks.{i}"}
+            for i in range(len(self.blocks))
+        ]
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's patch tokens as ``(B, D, H/p, W/p)`` maps (a single scale: a plain ViT reaches 1/4..1/32
+        through :class:`mimkit.heads.simple_pyramid.SimpleFeaturePyramid`)."""
+        gh, gw = grid_size(images.shape[-2], images.shape[-1], self.patch_size)
+        _, taps = self(images, return_layers=tuple(range(len(self.blocks))))
+        return [t[:, 1:].transpose(1, 2).reshape(len(images), -1, gh, gw) for t in taps]
+
+    def layer_ordinal(self, name: str) -> tuple[float, ...]:
+        """Layer of a parameter for layer-wise lr decay: embeddings 0, block i at i + 1, the rest last."""
+        if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+            return (0,)
+        if name.startswith("blocks."):
+            return (int(name.split(".")[1]) + 1,)
+        return (math.inf,)
 
 
 def init_mae_weights(module: nn.Module) -> None:

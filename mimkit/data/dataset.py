@@ -8,13 +8,32 @@ exactly the crops an uninterrupted run would have seen.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from mimkit.data.sources import UNREADABLE_IMAGE_ERRORS, ImageSource
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def seeded_randomness(seed: int) -> Iterator[None]:
+    """Seed torch's, Python's and NumPy's global generators for one sample and restore them afterwards
+    (torchvision draws from torch; timm's RandAugment and RandomErasing from Python's ``random`` and NumPy)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
@@ -42,8 +61,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
             position = (index + attempt) % len(self.source)
             try:
                 image = self.source.load(position)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self._item_seed(epoch, index))
+                with seeded_randomness(self._item_seed(epoch, index)):
                     tensor = self.transform(image)
             except UNREADABLE_IMAGE_ERRORS as err:
                 log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)

@@ -22,6 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from mimkit.errors import CheckpointError
+
 FORMAT = "mimkit-checkpoint/1"
 
 
@@ -136,9 +138,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as err:
-        raise ValueError(f"{path} is not a readable mimkit checkpoint: {err}") from err
+        raise CheckpointError(f"{path} is not a readable mimkit checkpoint: {err}") from err
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a mimkit checkpoint (format {metadata.get('format')!r}, expected {FORMAT})")
+        raise CheckpointError(
+            f"{path} is not a mimkit checkpoint (format {metadata.get('format')!r}, expected {FORMAT})"
+        )
     model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     optimizer = None
     if "optimizer_param_groups" in metadata:

@@ -58,14 +58,16 @@ class MetricsLog:
 class ProgressDisplay:
     """A rich progress bar on a terminal, plain periodic lines elsewhere; silent on non-main processes."""
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool, log_every: int) -> None:
+    def __init__(
+        self, total_steps: int, start_step: int, enabled: bool, log_every: int, label: str = "pretrain"
+    ) -> None:
         self.enabled = enabled
         self.log_every = log_every
         self.total = total_steps
         self.bar = None
         if enabled and sys.stdout.isatty():
             self.bar = Progress(
-                TextColumn("[bold]pretrain"),
+                TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[status]}"),

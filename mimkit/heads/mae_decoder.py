@@ -23,12 +23,14 @@ class MAEDecoder(nn.Module):
 
     ``num_prefix_tokens`` (P) is 1 when the encoder output starts with a class token (MAE) and 0 when it
     has none (ConvMAE); prefix tokens take part in attention and are dropped from the predictions.
+    ``out_dim=None`` leaves out the output projection: the result is the normed decoder tokens, for heads that
+    predict from the token map instead (LocalMIM's rescaling heads).
     """
 
     def __init__(
         self,
         in_dim: int,
-        out_dim: int,
+        out_dim: int | None,
         embed_dim: int = 512,
         depth: int = 8,
         num_heads: int = 16,
@@ -49,7 +51,7 @@ class MAEDecoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)
         )
         self.norm = norm_layer(embed_dim)
-        self.pred = nn.Linear(embed_dim, out_dim)
+        self.pred = nn.Linear(embed_dim, out_dim) if out_dim is not None else nn.Identity()
         nn.init.normal_(self.mask_token, std=0.02)
         for module in self.modules():
             init_mae_weights(module)
@@ -96,4 +98,4 @@ class MAEDecoder(nn.Module):
         x = tokens + self.pos_embed(grid)[:, 1 - self.num_prefix_tokens :]
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens :]
+        return self.pred(self.norm(x)[:, self.num_prefix_tokens :])

@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder, ConvViTFeatures
 from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.heads.multiscale_fusion import MultiScaleFusion
@@ -95,7 +96,7 @@ class ConvMAE(PretrainingModel):
         super().__init__()
         self.config = config
         self.in_chans = config.in_chans
-        self.encoder = ConvViTEncoder.from_config(config)
+        self.encoder = encoder_from_config(ConvViTEncoder, config)
         self.fusion = MultiScaleFusion(config.embed_dims) if config.multiscale_decoder else None
         self.decoder = MAEDecoder.for_pixels(
             config, config.embed_dims[2], TOKEN_SIZE, 0, config.norm_eps, config.resolved_decoder_mlp_ratio

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.losses import masked_mse
@@ -60,7 +61,7 @@ class MAE(PretrainingModel):
         self.config = config
         self.patch_size = config.patch_size
         self.in_chans = config.in_chans
-        self.encoder = VisionTransformerEncoder.from_config(config)
+        self.encoder = encoder_from_config(VisionTransformerEncoder, config)
         self.decoder = MAEDecoder.for_pixels(config, config.embed_dim, config.patch_size, 1, config.norm_eps)
 
     def noise_shape(self, batch_size: int, image_size: tuple[int, int]) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.heads.mae_decoder import MAEDecoder
@@ -277,16 +278,7 @@ class MixMAE(MixingAutoencoder):
     """MixMAE on the paper's Swin encoder (14x14 windows, no shift; Sec. 3.2)."""
 
     def __init__(self, config: MixMAEConfig) -> None:
-        encoder = SwinEncoder(
-            in_chans=config.in_chans,
-            embed_dim=config.embed_dim,
-            depths=config.depths,
-            num_heads=config.num_heads,
-            window_sizes=config.window_sizes,
-            mlp_ratio=config.mlp_ratio,
-            img_size=config.img_size,
-            drop_path_rate=config.drop_path_rate,
-        )
+        encoder = encoder_from_config(SwinEncoder, config)
         decoder = MAEDecoder.for_pixels(config, encoder.embed_dims[3], SWIN_REGION_SIZE, 0, norm_eps=1e-5)
         tokens_per_region = SWIN_REGION_SIZE // SwinEncoder.patch_size
         super().__init__(config, encoder, encoder.embed_dims, SWIN_REGION_SIZE, tokens_per_region, decoder)
@@ -307,7 +299,7 @@ class MixMAEViT(MixingAutoencoder):
     token in front (the encoder stays a standard one-class-token ViT for fine-tuning)."""
 
     def __init__(self, config: MixMAEViTConfig) -> None:
-        encoder = VisionTransformerEncoder.from_config(config)
+        encoder = encoder_from_config(VisionTransformerEncoder, config)
         decoder = MAEDecoder.for_pixels(config, config.embed_dim, config.patch_size, 1, config.norm_eps)
         super().__init__(config, encoder, (config.embed_dim,), config.patch_size, 1, decoder)
 

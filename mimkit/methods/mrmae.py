@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.backbones.build import encoder_from_config
 from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
-from mimkit.backbones.taps import recorded_outputs
+from mimkit.backbones.hooks import recorded_outputs
 from mimkit.backbones.vit import VisionTransformerEncoder, init_mae_weights
 from mimkit.config_schema import ConfigError
 from mimkit.heads.mae_decoder import MAEDecoder
@@ -249,7 +250,7 @@ class MRMAE(MimicBeforeReconstruct):
         super().__init__(config, config.embed_dim)
         self.patch_size = config.patch_size
         self.in_chans = config.in_chans
-        self.encoder = VisionTransformerEncoder.from_config(config)
+        self.encoder = encoder_from_config(VisionTransformerEncoder, config)
         self.decoder = None
         if self.predicts_pixels:
             extra = sum(self.decoder_feature_dims)
@@ -275,7 +276,7 @@ class MRMCMAE(MimicBeforeReconstruct):
     def __init__(self, config: MRMCMAEConfig) -> None:
         super().__init__(config, config.embed_dims[2])
         self.in_chans = config.in_chans
-        self.encoder = ConvViTEncoder.from_config(config)
+        self.encoder = encoder_from_config(ConvViTEncoder, config)
         self.fusion = MultiScaleFusion(config.embed_dims) if config.multiscale_decoder else None
         self.decoder = None
         if self.predicts_pixels:

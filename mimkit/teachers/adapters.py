@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from mimkit.backbones.taps import recorded_inputs
+from mimkit.backbones.hooks import recorded_inputs
 from mimkit.teachers.attention import cls_attention
 from mimkit.teachers.base import FrozenTeacher, tokens_to_map
 

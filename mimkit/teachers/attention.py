@@ -1,7 +1,7 @@
 """The [CLS] attention map of a ViT's last block, the saliency that focused mimicking reads (MR-MAE Sec. 3.3).
 
 Computed from the block's own ``norm1`` and ``qkv`` on the block's input, so timm models need no patching: a
-forward pre-hook (:func:`mimkit.backbones.taps.recorded_inputs`) records the input while the model runs.
+forward pre-hook (:func:`mimkit.backbones.hooks.recorded_inputs`) records the input while the model runs.
 """
 
 from __future__ import annotations

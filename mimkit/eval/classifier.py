@@ -1,0 +1,79 @@
+"""A classifier on a pretrained encoder, as all four papers fine-tune and probe (MAE appendix A.2, A.3).
+
+Fine-tuning: global average pooling of the encoder's last tokens, a LayerNorm where the encoder's own recipe
+has one (``fc_norm``), and a linear head. Linear probing: the same pooled features from a frozen encoder,
+BatchNorm without affine parameters, and a linear head (MAE appendix A.3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers import trunc_normal_
+from timm.optim import param_groups_layer_decay
+from torch import nn
+
+from mimkit.engine.optim import no_weight_decay_names
+
+ENCODER_PREFIX = "encoder."
+
+
+class Classifier(nn.Module):
+    """``encoder`` (any mimkit backbone with ``pooled_features``) + pooling norm + linear head."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, linear_probe: bool = False) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.encoder = encoder
+        self.linear_probe = linear_probe
+        dim = encoder.num_features
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if encoder.pool_with_norm and not linear_probe else nn.Identity()
+        linear = nn.Linear(dim, num_classes)
+        # MAE's heads start near zero: std 2e-5 for fine-tuning, 0.01 for the probe.
+        trunc_normal_(linear.weight, std=0.01 if linear_probe else 2e-5)
+        nn.init.zeros_(linear.bias)
+        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if linear_probe else linear
+        if linear_probe:
+            self.encoder.requires_grad_(False)
+        elif encoder.pool_with_norm:
+            encoder.norm.requires_grad_(False)  # pooling skips the encoder's final norm; DDP needs it marked unused
+
+    def train(self, mode: bool = True) -> Classifier:
+        """A probed encoder stays in eval mode (no dropout or drop path), only the head trains."""
+        super().train(mode)
+        if self.linear_probe:
+            self.encoder.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.linear_probe:
+            with torch.no_grad():
+                return self.encoder.pooled_features(images)
+        return self.fc_norm(self.encoder.pooled_features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def group_matcher(self, coarse: bool = False):
+        """For timm's layer-wise lr decay: the encoder's layer rule; the pooling norm and head come last."""
+
+        def ordinal(name: str) -> tuple[float, ...]:
+            if name.startswith(ENCODER_PREFIX):
+                return self.encoder.layer_ordinal(name[len(ENCODER_PREFIX) :])
+            return (math.inf,)
+
+        return ordinal
+
+
+def layer_decay_param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay (BEiT/MAE): a parameter ``n`` layers below the head
+    learns at ``layer_decay ** n`` times the rate; norms, biases and position tables get no weight decay.
+    Each group carries ``lr_scale``, which timm's schedulers apply."""
+    return param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        no_weight_decay_list=no_weight_decay_names(model),
+        layer_decay=layer_decay,
+    )

@@ -1,0 +1,102 @@
+"""Labelled data and transforms for fine-tuning, probing and kNN."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image, ImageOps
+from timm.data.auto_augment import RandAugment, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from torchvision import transforms as T
+
+from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource
+from mimkit.data.transforms import ConvertMode
+from mimkit.errors import MimkitError
+from mimkit.eval.config import AugmentSection, LabelledDataSection
+
+
+class Subset(ImageSource):
+    """The first ``limit`` images of a source, with their labels."""
+
+    def __init__(self, source: ImageSource, limit: int) -> None:
+        self.source = source
+        self.size = min(limit, len(source))
+        self.labels = source.labels[: self.size] if source.labels is not None else None
+        self.class_names = source.class_names
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, index: int):
+        return self.source.load(index)
+
+    def name_of(self, index: int) -> str:
+        return self.source.name_of(index)
+
+
+def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSource, int]:
+    """Training and validation sources and the number of classes; both must be labelled alike."""
+    if data.source == "fashion_mnist":
+        train, val = FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
+    else:
+        if not (data.train_path and data.val_path):
+            raise MimkitError("data.source 'folder' needs data.train_path and data.val_path (one sub-folder per class)")
+        train, val = ImageFolder(data.train_path), ImageFolder(data.val_path)
+    for role, source in (("training", train), ("validation", val)):
+        if source.labels is None:
+            raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
+    if train.class_names != val.class_names:
+        raise MimkitError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
+    if data.train_limit:
+        train = Subset(train, data.train_limit)
+    if data.val_limit:
+        val = Subset(val, data.val_limit)
+    return train, val, len(train.class_names or []) or max(train.labels) + 1
+
+
+def train_transform(data: LabelledDataSection, augment: AugmentSection) -> T.Compose:
+    """Random-resized crop (bicubic) and flip, then RandAugment and random erasing when enabled (MAE's
+    fine-tuning pipeline). RandAugment runs on RGB and the result is converted to ``in_chans``."""
+    steps: list = [
+        ConvertMode(3),
+        T.RandomResizedCrop(data.img_size, scale=data.crop_scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+    ]
+    if augment.rand_augment:
+        mean = tuple(round(255 * m) for m in (data.mean * 3)[:3])
+        hparams = {"translate_const": int(data.img_size * 0.45), "img_mean": mean}
+        steps.append(allow_zero_bit_posterize(rand_augment_transform(augment.rand_augment, hparams)))
+    steps += [ConvertMode(data.in_chans), T.ToTensor(), T.Normalize(data.mean, data.std)]
+    if augment.random_erase > 0:
+        steps.append(RandomErasing(augment.random_erase, mode="pixel", device="cpu"))
+    return T.Compose(steps)
+
+
+def posterize_to_bits(image: Image.Image, bits: int, **_: object) -> Image.Image:
+    """Keep ``bits`` bits per channel; 0 bits gives a black image, as the PIL versions of the papers' timm 0.3
+    did (PIL 9+ refuses 0, which timm's increasing posterize produces at magnitude 10)."""
+    if bits >= 8:
+        return image
+    if bits <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits)
+
+
+def allow_zero_bit_posterize(rand_augment: RandAugment) -> RandAugment:
+    for op in rand_augment.ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = posterize_to_bits
+    return rand_augment
+
+
+def val_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    """Resize to ``img_size / 0.875`` and center-crop ``img_size`` (MAE's evaluation crop)."""
+    return T.Compose(
+        [
+            ConvertMode(in_chans),
+            T.Resize(round(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(img_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )

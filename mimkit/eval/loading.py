@@ -1,0 +1,75 @@
+"""The encoder of any pretraining model, from a mimkit checkpoint, an authors' checkpoint, or at random."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from mimkit.engine.checkpoint import FORMAT, load_checkpoint
+from mimkit.errors import MimkitError
+from mimkit.eval.classifier import ENCODER_PREFIX
+from mimkit.models import create_encoder, create_model
+from mimkit.official import (
+    load_convmae_weights,
+    load_localmim_weights,
+    load_mae_weights,
+    load_mixmim_weights,
+    read_official_checkpoint,
+)
+
+OFFICIAL_LOADERS = {
+    "mae_": load_mae_weights,
+    "convmae_": load_convmae_weights,
+    "mixmae_swin_": load_mixmim_weights,
+    "localmim_vit_": load_localmim_weights,
+}
+"""Which key mapping reads an authors' checkpoint, by the prefix of the mimkit model name."""
+
+
+def is_mimkit_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("format") == FORMAT
+
+
+def load_encoder(
+    model_name: str, model_args: dict[str, Any] | None = None, checkpoint: str | Path | None = None
+) -> nn.Module:
+    """The encoder of pretraining model ``model_name`` built with ``model_args``.
+
+    ``checkpoint``: a mimkit pretraining checkpoint (its own model name and configuration are used, with
+    ``model_args`` on top, e.g. a drop-path rate or image size), an authors' released checkpoint (``.pth`` or
+    ``.safetensors``, read through the key mapping of the model's family), or ``None`` for a random init.
+    """
+    model_args = dict(model_args or {})
+    if checkpoint is None:
+        return create_encoder(model_name, **model_args)
+    if is_mimkit_checkpoint(checkpoint):
+        stored = load_checkpoint(checkpoint)
+        name = stored.config.get("model", {}).get("name", model_name)
+        encoder = create_encoder(name, **{**stored.config.get("resolved_model", {}), **model_args})
+        encoder.load_state_dict(encoder_weights(stored.model, checkpoint))
+        return encoder
+    loader = next((load for prefix, load in OFFICIAL_LOADERS.items() if model_name.startswith(prefix)), None)
+    if loader is None:
+        raise MimkitError(
+            f"{checkpoint} is not a mimkit checkpoint, and no authors' key mapping is known for '{model_name}' "
+            f"(known families: {', '.join(OFFICIAL_LOADERS)})"
+        )
+    model = create_model(model_name, **model_args)
+    loader(model, read_official_checkpoint(checkpoint), encoder_only=True)
+    return model.encoder_module()
+
+
+def encoder_weights(state_dict: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """The ``encoder.*`` entries of a pretraining model's state dict, without the prefix."""
+    weights = {k[len(ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
+    if not weights:
+        raise MimkitError(f"{source} holds no encoder weights (no 'encoder.*' keys)")
+    return weights
