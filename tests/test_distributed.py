@@ -27,13 +27,8 @@ def _run(command: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _losses(output):
-    return [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
-
-
-def test_two_processes_equal_one_process(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "mimkit.cli", "pretrain", *tiny_overrides(one, "train.batch_size=8")])
+def _run_two_processes(*cli_args: str) -> None:
+    """``mimkit <cli_args>`` under torchrun with two CPU processes."""
     _run(
         [
             sys.executable,
@@ -45,10 +40,19 @@ def test_two_processes_equal_one_process(tmp_path):
             f"--master_port={_free_port()}",
             "-m",
             "mimkit.cli",
-            "pretrain",
-            *tiny_overrides(two, "train.batch_size=4"),
+            *cli_args,
         ]
     )
+
+
+def _losses(output):
+    return [json.loads(line)["loss"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "mimkit.cli", "pretrain", *tiny_overrides(one, "train.batch_size=8")])
+    _run_two_processes("pretrain", *tiny_overrides(two, "train.batch_size=4"))
     assert len(_losses(two)) == 8
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
     single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
@@ -74,24 +78,7 @@ def test_two_process_finetuning_equals_one_process(tmp_path):
         "train.epochs=1",
     ]
     _run([sys.executable, "-m", "mimkit.cli", "finetune", "--output", str(one), *common, "train.batch_size=8"])
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=1",
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            "-m",
-            "mimkit.cli",
-            "finetune",
-            "--output",
-            str(two),
-            *common,
-            "train.batch_size=4",
-        ]
-    )
+    _run_two_processes("finetune", "--output", str(two), *common, "train.batch_size=4")
     steps = [r for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     reference = [r for r in map(json.loads, (one / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(steps) == 8
