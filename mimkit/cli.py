@@ -91,6 +91,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mimkit.bench import format_table, results_json, run_benchmarks
+
+    print(
+        f"mimkit bench: {args.device}, {args.precision}, full steps (forward, loss, backward, AdamW); one process each"
+    )
+    results = run_benchmarks(
+        args.methods, args.sizes, args.batch, args.image_size, args.device, args.precision, args.warmup, args.repeats
+    )
+    print()
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(results_json(results) + "\n")
+        print(f"results: {args.json}")
+    return 0
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from mimkit.inference import visualize_images
 
@@ -136,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--checkpoint", required=True, help="a mimkit pretraining checkpoint (.safetensors)")
     exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
     exp.set_defaults(handler=_export)
+
+    bench = commands.add_parser("bench", help="time a full pretraining step per method and size")
+    bench.add_argument("--methods", nargs="+", default=["mae", "convmae", "mixmae", "localmim"])
+    bench.add_argument("--sizes", nargs="+", default=["small"], help="small (96 px, CPU-sized) and/or base (224 px)")
+    bench.add_argument("--batch", type=int, help="images per step (default: 32 for small, 8 for base)")
+    bench.add_argument("--image-size", type=int, help="input size (default: the size's own)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (GPUs)")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.set_defaults(handler=_bench)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
     viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")
