@@ -19,11 +19,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from mimkit.backbones.convvit import ConvViTEncoder
+from mimkit.backbones.swin import SwinEncoder
+from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import to_dict
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.errors import MimkitError
 from mimkit.eval.loading import encoder_weights
-from mimkit.models import create_encoder, model_config
+from mimkit.models import create_encoder, encoder_class, model_config
 
 TIMM_NAMES = {
     "mimkit_vit_tiny_patch16": "mae_vit_tiny_patch16",
@@ -60,18 +63,8 @@ ENCODER_FIELDS = {
 }
 """The configuration fields that shape each encoder family (the rest only shape pretraining)."""
 
-ENCODER_FAMILIES = {
-    "mae_": "mimkit_vit",
-    "mixmae_vit_": "mimkit_vit",
-    "localmim_vit_": "mimkit_vit",
-    "convmae_": "mimkit_convvit",
-    "localmim_convvit_": "mimkit_convvit",
-    "mixmae_swin_": "mimkit_swin",
-    "localmim_swin_": "mimkit_swin",
-    "mrmae_vit_": "mimkit_vit",
-    "mrmcmae_": "mimkit_convvit",
-}
-"""Which timm family exports the encoder of a pretraining model, by the prefix of its name."""
+TIMM_FAMILIES = {VisionTransformerEncoder: "mimkit_vit", ConvViTEncoder: "mimkit_convvit", SwinEncoder: "mimkit_swin"}
+"""The timm family that exports each encoder class (every method built on that encoder exports to it)."""
 
 
 class TimmEncoder(nn.Module):
@@ -148,7 +141,7 @@ def _default_cfg(pretraining_model: str) -> dict:
 
 def _num_feature_maps(pretraining_model: str, kwargs: dict[str, Any]) -> int:
     """Hierarchical encoders give four scales; a plain ViT gives one map per block."""
-    if pretraining_model.startswith("mae_"):
+    if encoder_class(pretraining_model) is VisionTransformerEncoder:
         return kwargs.get("depth", model_config(pretraining_model).depth)
     return 4
 
@@ -188,9 +181,7 @@ def _plain(value: Any) -> Any:
 def timm_model_for(pretraining_model: str, resolved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The registered timm name closest to a pretraining model's encoder, and the encoder fields that differ
     from that name's defaults (to pass to ``timm.create_model``)."""
-    family = next((f for prefix, f in ENCODER_FAMILIES.items() if pretraining_model.startswith(prefix)), None)
-    if family is None:
-        raise MimkitError(f"no timm export is defined for '{pretraining_model}' (families: {list(ENCODER_FAMILIES)})")
+    family = TIMM_FAMILIES[encoder_class(pretraining_model)]
     candidates = []
     for timm_name, model in TIMM_NAMES.items():
         if timm_name.startswith(family + "_"):

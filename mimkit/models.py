@@ -78,12 +78,16 @@ ENCODERS: dict[type, type[nn.Module]] = {
 """The encoder class behind each configuration type (MR-MAE's configs extend MAE's and ConvMAE's)."""
 
 
+def encoder_class(name: str) -> type[nn.Module]:
+    """The encoder class of model ``name``, from its configuration type."""
+    config_type = type(model_config(name))
+    return next(ENCODERS[c] for c in config_type.__mro__ if c in ENCODERS)
+
+
 def create_encoder(name: str, **overrides: Any) -> nn.Module:
     """The encoder of model ``name`` alone, as ``create_model(name, **overrides).encoder_module()`` would hold it,
     without building decoders, targets or teachers (fine-tuning, feature extraction, export)."""
-    config = model_config(name, **overrides)
-    encoder_class = next(ENCODERS[c] for c in type(config).__mro__ if c in ENCODERS)
-    return encoder_from_config(encoder_class, config)
+    return encoder_from_config(encoder_class(name), model_config(name, **overrides))
 
 
 # MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
