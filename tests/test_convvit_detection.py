@@ -29,8 +29,9 @@ def test_a_local_block_sees_only_its_window(shift):
     """On a 14x14 grid, a token changed in one window leaves every token of another window unchanged; with the
     shifted windows, tokens that the cyclic roll brings together (opposite corners) still do not mix."""
     _, detection = _pair(global_blocks=())
-    block, bias = detection.blocks3[1], detection.local_bias(7, 7)
+    block = detection.blocks3[1]
     tokens = torch.randn(1, 196, detection.embed_dims[2])
+    bias = detection.window_attention_bias((14, 14), shift, tokens.dtype)
     changed = tokens.clone()
     changed[0, 13 * 14 + 13] += 5.0  # bottom-right corner
     with torch.no_grad():

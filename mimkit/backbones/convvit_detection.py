@@ -95,22 +95,31 @@ class ConvViTDetectionEncoder(ConvViTEncoder):
         height, width = grid
         single_window = height <= self.window and width <= self.window
         global_bias = self.global_bias(height, width).to(x.dtype)
-        local_bias = self.local_bias(self.window, self.window).to(x.dtype)
+        window_biases: dict[int, torch.Tensor] = {}
         local_index = 0
         for index, block in enumerate(self.blocks3):
             if index in self.global_blocks:
                 x = block(x, attn_mask=global_bias)
                 continue
             shift = 0 if single_window or local_index % 2 == 0 else self.window // 2
-            x = self._windowed(block, x, grid, shift, local_bias)
+            if shift not in window_biases:
+                window_biases[shift] = self.window_attention_bias(grid, shift, x.dtype)
+            x = self._windowed(block, x, grid, shift, window_biases[shift])
             local_index += 1
         return x
 
+    def window_attention_bias(self, grid: tuple[int, int], shift: int, dtype: torch.dtype) -> torch.Tensor:
+        """``(nW, heads, N, N)``: the shared local relative position bias plus the shifted-window mask of a
+        ``grid`` map; the same for every local block with this ``shift``, so a stage builds it once."""
+        mask = shifted_window_mask(*grid, self.window, shift, self.local_bias.table.device)
+        return (mask[:, None] + self.local_bias(self.window, self.window)[None]).to(dtype)
+
     def _windowed(
-        self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int], shift: int, bias: torch.Tensor
+        self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int], shift: int, window_bias: torch.Tensor
     ) -> torch.Tensor:
         """One block on the tokens of each ``window x window`` window (map padded to whole windows, rolled by
-        ``shift``); the MLP half is per token, so running the whole block per window is exact."""
+        ``shift``), with ``window_bias`` from :meth:`window_attention_bias`; the MLP half is per token, so
+        running the whole block per window is exact."""
         batch, _, channels = x.shape
         height, width = grid
         window = self.window
@@ -119,8 +128,7 @@ class ConvViTDetectionEncoder(ConvViTEncoder):
         maps = torch.roll(maps, (-shift, -shift), dims=(1, 2))
         windows = to_windows(maps, window)
         num_windows = windows.shape[1]
-        mask = shifted_window_mask(height, width, window, shift, x.device).to(x.dtype)
-        attn_mask = (mask[:, None] + bias[None]).expand(batch, -1, -1, -1, -1).flatten(0, 1)
+        attn_mask = window_bias.expand(batch, -1, -1, -1, -1).flatten(0, 1)
         out = block(windows.flatten(0, 1), attn_mask=attn_mask).reshape(batch, num_windows, -1, channels)
         maps = from_windows(out, window, height + pad_h, width + pad_w)
         maps = torch.roll(maps, (shift, shift), dims=(1, 2))[:, :height, :width]
