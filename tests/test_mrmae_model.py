@@ -22,17 +22,9 @@ from mimkit.patches import grid_size
 from mimkit.targets.teacher_features import teacher_feature_target
 from mimkit.teachers import TeacherOutput
 from mimkit.visualize import reconstruction_grid
-from tests.teacher_files import save_tiny_vit_teacher, tiny_vit_teacher_config
+from tests.teacher_files import TINY_MAE_ARGS, save_tiny_vit_teacher, tiny_vit_teacher_config
 
-SMALL_VIT = {
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "decoder_embed_dim": 16,
-    "decoder_depth": 1,
-    "decoder_num_heads": 2,
-    "img_size": 64,
-}
+SMALL_VIT = TINY_MAE_ARGS
 SMALL_CONVVIT = {"embed_dims": (8, 16, 32), "depths": (1, 1, 2), "num_heads": 2, "decoder_embed_dim": 16}
 SMALL_CONVVIT.update(decoder_depth=1, decoder_num_heads=2, img_size=64, fusion_layers=(), focused_mimicking=False)
 

@@ -1,6 +1,6 @@
 """Data: image sources (folders, the embedded sample photos, Fashion-MNIST), augmentation and sampling."""
 
-from mimkit.data.dataset import AugmentedDataset, collate_items, load_readable
+from mimkit.data.dataset import AugmentedDataset, batch_loader, collate_items, load_readable
 from mimkit.data.sampler import StepSampler
 from mimkit.data.sources import FashionMNIST, ImageFiles, ImageFolder, ImageSource, SamplePhotos, build_source
 from mimkit.data.transforms import eval_transform, pretrain_transform
@@ -13,6 +13,7 @@ __all__ = [
     "ImageSource",
     "SamplePhotos",
     "StepSampler",
+    "batch_loader",
     "build_source",
     "collate_items",
     "eval_transform",

@@ -98,3 +98,17 @@ def load_readable(
         except UNREADABLE_IMAGE_ERRORS as err:
             skipped.append(f"{source.name_of(index)} ({err})")
     return (torch.stack(images) if images else None), skipped
+
+
+def batch_loader(
+    dataset: torch.utils.data.Dataset, batch_size: int, sampler, num_workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """A loader of :func:`collate_items` batches in ``sampler``'s order (pinned memory when feeding a GPU)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_items,
+        pin_memory=device.type == "cuda",
+    )

@@ -20,8 +20,8 @@ from mimkit.config_schema import to_dict
 from mimkit.data import (
     AugmentedDataset,
     StepSampler,
+    batch_loader,
     build_source,
-    collate_items,
     eval_transform,
     load_readable,
     pretrain_transform,
@@ -110,14 +110,7 @@ class Pretrainer:
             world_size=self.dist.world_size,
             seed=train.seed,
         )
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=train.batch_size,
-            sampler=self.sampler,
-            num_workers=data.num_workers,
-            collate_fn=collate_items,
-            pin_memory=self.dist.device.type == "cuda",
-        )
+        self.loader = batch_loader(dataset, train.batch_size, self.sampler, data.num_workers, self.dist.device)
 
         self.model = build_pretrain_model(config).to(self.dist.device)
         self.lr = effective_lr(config.optim.base_lr, self.micro_batch_global * train.accum_steps)

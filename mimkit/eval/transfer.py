@@ -19,7 +19,7 @@ from timm.optim import Lars
 from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
-from mimkit.data import AugmentedDataset, StepSampler, collate_items
+from mimkit.data import AugmentedDataset, StepSampler, batch_loader
 from mimkit.engine.checkpoint import TrainPosition, save_checkpoint
 from mimkit.engine.distributed import barrier, init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
@@ -91,23 +91,13 @@ class TransferTrainer:
             seed=train.seed,
         )
         dataset = AugmentedDataset(self.train_source, train_transform(data, config.augment), seed=train.seed)
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=train.batch_size,
-            sampler=self.sampler,
-            num_workers=data.num_workers,
-            collate_fn=collate_items,
-            pin_memory=self.dist.device.type == "cuda",
-        )
+        self.loader = batch_loader(dataset, train.batch_size, self.sampler, data.num_workers, self.dist.device)
         val_dataset = AugmentedDataset(
             self.val_source, val_transform(data.img_size, data.in_chans, data.mean, data.std)
         )
-        self.val_loader = torch.utils.data.DataLoader(
-            val_dataset,
-            batch_size=train.eval_batch_size,
-            sampler=list(range(self.dist.rank, len(self.val_source), self.dist.world_size)),
-            num_workers=data.num_workers,
-            collate_fn=collate_items,
+        val_indices = list(range(self.dist.rank, len(self.val_source), self.dist.world_size))
+        self.val_loader = batch_loader(
+            val_dataset, train.eval_batch_size, val_indices, data.num_workers, self.dist.device
         )
 
         augment = config.augment
