@@ -42,8 +42,12 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> RandomMask:
     """Per-sample random mask from ``noise`` of shape ``(B, L)`` (uniform in [0, 1))."""
     if noise.dim() != 2:
         raise ValueError(f"noise must have shape (batch, tokens), got {tuple(noise.shape)}")
+    return keep_smallest(noise, num_visible_tokens(noise.shape[1], mask_ratio))
+
+
+def keep_smallest(noise: torch.Tensor, keep: int) -> RandomMask:
+    """The mask that keeps, per sample, the ``keep`` tokens of smallest ``noise`` (``(B, L)``, any ordered dtype)."""
     batch, num_tokens = noise.shape
-    keep = num_visible_tokens(num_tokens, mask_ratio)
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :keep]

@@ -77,13 +77,14 @@ def group_cells(cells: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(b, n, s, s, factor * factor * c)
 
 
-def strided_conv(grouped: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def strided_conv(grouped: torch.Tensor, conv: nn.Conv2d | nn.Conv3d) -> torch.Tensor:
     """A non-overlapping conv (kernel = stride) on cells already grouped by :func:`group_cells`.
 
-    Equal to ``conv`` on the map, computed as one matrix product per output cell.
+    Equal to ``conv`` on the map, computed as one matrix product per output cell. A 3-D conv works the same way
+    when each cell holds its ``(t, y, x, channel)`` values (the video cube embedding).
     """
     out_channels = conv.weight.shape[0]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(out_channels, -1)
+    weight = conv.weight.movedim(1, -1).reshape(out_channels, -1)
     return F.linear(grouped, weight, conv.bias)
 
 
