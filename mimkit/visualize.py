@@ -18,6 +18,7 @@ from torchvision.utils import save_image
 
 from mimkit.methods.base import PretrainingModel
 from mimkit.patches import grid_size, patchify, unpatchify
+from mimkit.visualize_video import clip_rows
 
 
 @torch.no_grad()
@@ -28,11 +29,16 @@ def reconstruction_grid(
     std: Sequence[float],
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(rows, columns, C, H, W)`` tiles in [0, 1] for :func:`save_reconstruction_grid`."""
+    """``(rows, columns, C, H, W)`` tiles in [0, 1] for :func:`save_reconstruction_grid`; ``(B, C, T, H, W)`` clips
+    give four rows of frames per clip (:func:`~mimkit.visualize_video.clip_rows`)."""
     was_training = model.training
     model.eval()
     out = model(images, noise=noise)
     model.train(was_training)
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    if images.dim() == 5:
+        return (clip_rows(model, images, out) * std_t[None] + mean_t[None]).clamp(0, 1)
     if "mix_sources" in out:
         columns = _mixed_input_columns(model, images, out)
     elif "loss_tap0" in out:
@@ -44,8 +50,6 @@ def reconstruction_grid(
         if getattr(model, "predicts_pixels", True):  # MR-MAE's high-level-only variant has no pixel decoder
             recon = _prediction_pixels(model, images, out["pred"])
             columns += [recon, masked + recon * mask]
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return torch.stack([(c * std_t + mean_t).clamp(0, 1) for c in columns], dim=1)
 
 

@@ -26,13 +26,15 @@ def pretrain_transform(
     mean: Sequence[float],
     std: Sequence[float],
     crop_scale: tuple[float, float] = (0.2, 1.0),
+    hflip: bool = True,
 ) -> T.Compose:
-    """Random-resized-crop (scale 0.2-1, bicubic) + horizontal flip + normalize, as MAE pretrains."""
+    """Random-resized-crop (scale 0.2-1, bicubic) + horizontal flip (unless ``hflip`` is off) + normalize, as MAE
+    pretrains."""
     return T.Compose(
         [
             ConvertMode(in_chans),
             T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-            T.RandomHorizontalFlip(),
+            *([T.RandomHorizontalFlip()] if hflip else []),
             T.ToTensor(),
             T.Normalize(mean, std),
         ]

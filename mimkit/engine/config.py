@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mimkit.config_schema import apply_overrides, from_dict, load_yaml
+from mimkit.data.video import CLIP_SOURCES
 from mimkit.models import model_config
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -30,15 +31,24 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    source: Literal["samples", "folder", "fashion_mnist"] = "samples"
-    """``samples``: scikit-image's photos; ``folder``: any folder of images; ``fashion_mnist``: its idx files."""
+    source: Literal["samples", "folder", "fashion_mnist", "sample_clips", "clips"] = "samples"
+    """``samples``: scikit-image's photos; ``folder``: any folder of images; ``fashion_mnist``: its idx files;
+    ``sample_clips``: clips panned and zoomed over the photos; ``clips``: a folder of clips (frame folders or video
+    files). The clip sources need a video model."""
     path: str | None = None
-    """The image folder (``folder``) or the idx folder (``fashion_mnist``, default the Debian location)."""
+    """The image folder (``folder``), the idx folder (``fashion_mnist``, default the Debian location) or the clip
+    folder (``clips``)."""
     img_size: int = 128
     in_chans: Literal[1, 3] = 3
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    """Random horizontal flips (off for motion-direction data such as SSV2)."""
+    num_frames: int = 16
+    """Frames per clip (clip sources only); the video model's ``num_frames`` follows it."""
+    frame_stride: int = 4
+    """Frames between two sampled frames of a clip (VideoMAE: 4 on K400, 2 on SSV2)."""
     samples_per_epoch: int | None = None
     """Random crops per epoch; default: the number of images (512 for the 18 sample photos)."""
     num_workers: int = 2
@@ -48,6 +58,9 @@ class DataSection:
             raise ValueError(f"mean and std need {self.in_chans} values each (in_chans={self.in_chans})")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        for name in ("num_frames", "frame_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -93,6 +106,16 @@ class PretrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     output: str = "runs/pretrain"
+
+    def __post_init__(self) -> None:
+        video_model = hasattr(model_config(self.model.name), "num_frames")
+        if video_model != (self.data.source in CLIP_SOURCES):
+            takes, gives = ("clips", "images") if video_model else ("images", "clips")
+            choices = ", ".join(CLIP_SOURCES) if video_model else "samples, folder, fashion_mnist"
+            raise ValueError(
+                f"data.source '{self.data.source}' gives {gives} but model '{self.model.name}' takes {takes}; "
+                f"choose data.source from {choices}"
+            )
 
 
 def load_pretrain_config(path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,10 @@ from mimkit.data import (
     load_readable,
     pretrain_transform,
 )
+from mimkit.data.sources import ImageSource
+from mimkit.data.video import CLIP_SOURCES, ClipTransform, build_clip_source
 from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
-from mimkit.engine.config import PretrainConfig
+from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.distributed import (
     DistInfo,
     barrier,
@@ -64,6 +67,20 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_368_787 + step) % (2**63))
 
 
+def data_pipeline(data: DataSection) -> tuple[ImageSource, Callable, Callable]:
+    """The source, the training augmentation and the deterministic transform of the reconstruction pictures;
+    clip sources get the same image transforms applied to every sampled frame alike."""
+    train = pretrain_transform(data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip)
+    viz = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+    if data.source not in CLIP_SOURCES:
+        return build_source(data.source, data.path), train, viz
+    return (
+        build_clip_source(data.source, data.path),
+        ClipTransform(train, data.num_frames, data.frame_stride, random_start=True),
+        ClipTransform(viz, data.num_frames, data.frame_stride, random_start=False),
+    )
+
+
 def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
     """The configured model, with input channels taken from the data section (and, for models whose frozen
     teacher must undo the input normalization, MR-MAE's ``input_mean``/``input_std``, the data mean and std)."""
@@ -72,6 +89,10 @@ def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
         raise MimkitError(f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}")
     args.setdefault("img_size", config.data.img_size)
     base = model_config(config.model.name)
+    if hasattr(base, "num_frames") and args.setdefault("num_frames", config.data.num_frames) != config.data.num_frames:
+        raise MimkitError(
+            f"model.args.num_frames={args['num_frames']} disagrees with data.num_frames={config.data.num_frames}"
+        )
     for name, data_name, value in (("input_mean", "mean", config.data.mean), ("input_std", "std", config.data.std)):
         if hasattr(base, name) and list(args.setdefault(name, value)) != list(value):
             raise MimkitError(f"model.args.{name}={args[name]} disagrees with data.{data_name}={value}")
@@ -89,8 +110,7 @@ class Pretrainer:
         train, data = config.train, config.data
         torch.manual_seed(train.seed + self.dist.rank)
 
-        self.source = build_source(data.source, data.path)
-        transform = pretrain_transform(data.img_size, data.in_chans, data.mean, data.std, data.crop_scale)
+        self.source, transform, viz_transform = data_pipeline(data)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)
         self.micro_batch_global = train.batch_size * self.dist.world_size
         samples = data.samples_per_epoch or (SAMPLE_CROPS_PER_EPOCH if data.source == "samples" else len(self.source))
@@ -129,7 +149,6 @@ class Pretrainer:
             if self.dist.world_size > 1
             else None
         )
-        viz_transform = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
         self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images)
         self.viz_noise = None
         if self.viz_images is not None:
