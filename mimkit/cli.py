@@ -23,17 +23,21 @@ def resolve_config_path(name: str | None) -> str | None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from mimkit.config_schema import load_yaml
+    from mimkit.data.video import CLIP_SOURCES
     from mimkit.engine.config import load_pretrain_config
     from mimkit.engine.pretrain import pretrain
 
     overrides = list(args.overrides)
+    config_path = resolve_config_path(args.config)
     if args.data:
         overrides.append(f"data.path={args.data}")
         if not any(o.startswith("data.source=") for o in overrides):
-            overrides.append("data.source=folder")
+            video = (load_yaml(config_path) if config_path else {}).get("data", {}).get("source") in CLIP_SOURCES
+            overrides.append(f"data.source={'clips' if video else 'folder'}")
     if args.output:
         overrides.append(f"output={args.output}")
-    config = load_pretrain_config(resolve_config_path(args.config), overrides)
+    config = load_pretrain_config(config_path, overrides)
     summary = pretrain(config, resume=args.resume)
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
@@ -124,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = commands.add_parser("pretrain", help="pretrain a model (default: tiny MAE on the sample photos)")
     pre.add_argument("--config", help="YAML config: a path, or a name under configs/ such as mae/vit_base_800ep")
-    pre.add_argument("--data", help="a folder of images (sets data.source=folder and data.path)")
+    pre.add_argument(
+        "--data",
+        help="a folder of images, or of clips for a video config (sets data.source=folder|clips and data.path)",
+    )
     pre.add_argument("--output", help="output directory (sets output=...)")
     resume = pre.add_mutually_exclusive_group()
     resume.add_argument(

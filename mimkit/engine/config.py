@@ -108,14 +108,19 @@ class PretrainConfig:
     output: str = "runs/pretrain"
 
     def __post_init__(self) -> None:
-        video_model = hasattr(model_config(self.model.name), "num_frames")
-        if video_model != (self.data.source in CLIP_SOURCES):
-            takes, gives = ("clips", "images") if video_model else ("images", "clips")
-            choices = ", ".join(CLIP_SOURCES) if video_model else "samples, folder, fashion_mnist"
-            raise ValueError(
-                f"data.source '{self.data.source}' gives {gives} but model '{self.model.name}' takes {takes}; "
-                f"choose data.source from {choices}"
-            )
+        check_source_fits_model(self.data.source, self.model.name)
+
+
+def check_source_fits_model(source: str, model_name: str) -> None:
+    """A clip source needs a video model (one with ``num_frames``) and an image source an image model."""
+    video_model = hasattr(model_config(model_name), "num_frames")
+    if video_model != (source in CLIP_SOURCES):
+        takes, gives = ("clips", "images") if video_model else ("images", "clips")
+        choices = ", ".join(CLIP_SOURCES) if video_model else "an image source"
+        raise ValueError(
+            f"data.source '{source}' gives {gives} but model '{model_name}' takes {takes}; choose data.source from "
+            f"{choices}"
+        )
 
 
 def load_pretrain_config(path: str | None = None, overrides: list[str] | None = None) -> PretrainConfig:

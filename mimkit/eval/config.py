@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mimkit.config_schema import ConfigError, apply_overrides, from_dict, load_yaml
+from mimkit.engine.config import check_source_fits_model
 from mimkit.models import model_config
 
 FASHION_MNIST_MEAN = [0.2860]
@@ -30,8 +31,9 @@ class EncoderSection:
 
 @dataclass
 class LabelledDataSection:
-    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
-    """``fashion_mnist``: its train and test idx files; ``folder``: images in one sub-folder per class."""
+    source: Literal["fashion_mnist", "folder", "clips"] = "fashion_mnist"
+    """``fashion_mnist``: its train and test idx files; ``folder``: images in one sub-folder per class; ``clips``:
+    clips (frame folders or video files) in one sub-folder per class, for video encoders."""
     train_path: str | None = None
     """``folder``: the training images; ``fashion_mnist``: the idx folder (default the Debian location)."""
     val_path: str | None = None
@@ -44,6 +46,10 @@ class LabelledDataSection:
     """Use only the first N training images (quick checks, low-label regimes)."""
     val_limit: int | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    num_frames: int = 16
+    """Frames per clip (``clips`` only)."""
+    frame_stride: int = 4
+    """Frames between two sampled frames of a clip (``clips`` only)."""
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -61,6 +67,8 @@ class AugmentSection:
     cutmix: float = 1.0
     label_smoothing: float = 0.1
     random_erase: float = 0.25
+    hflip: bool = True
+    """Random horizontal flips (ConvMAE Sec. 3.4 turns them off for SSV2)."""
 
 
 @dataclass
@@ -116,6 +124,9 @@ class TransferConfig:
     train: TransferTrainSection = field(default_factory=TransferTrainSection)
     output: str = "runs/finetune"
 
+    def __post_init__(self) -> None:
+        check_source_fits_model(self.data.source, self.model.name)
+
 
 LINPROBE_DEFAULTS: dict[str, Any] = {
     "protocol": "linprobe",
@@ -141,6 +152,7 @@ class KnnConfig:
     """A JSON file for the result (null: print only)."""
 
     def __post_init__(self) -> None:
+        check_source_fits_model(self.data.source, self.model.name)
         if self.k < 1 or self.temperature <= 0:
             raise ValueError(f"k must be at least 1 and temperature positive, got k={self.k}, T={self.temperature}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageOps
 from timm.data.auto_augment import RandAugment, rand_augment_transform
@@ -10,7 +10,8 @@ from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource
-from mimkit.data.transforms import ConvertMode
+from mimkit.data.transforms import ConvertMode, eval_transform
+from mimkit.data.video import ClipFolder, ClipTransform
 from mimkit.errors import MimkitError
 from mimkit.eval.config import AugmentSection, LabelledDataSection
 
@@ -40,8 +41,11 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
         train, val = FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
     else:
         if not (data.train_path and data.val_path):
-            raise MimkitError("data.source 'folder' needs data.train_path and data.val_path (one sub-folder per class)")
-        train, val = ImageFolder(data.train_path), ImageFolder(data.val_path)
+            raise MimkitError(
+                f"data.source '{data.source}' needs data.train_path and data.val_path (one sub-folder per class)"
+            )
+        folder = ClipFolder if data.source == "clips" else ImageFolder
+        train, val = folder(data.train_path), folder(data.val_path)
     for role, source in (("training", train), ("validation", val)):
         if source.labels is None:
             raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
@@ -54,13 +58,20 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
     return train, val, len(train.class_names or []) or max(train.labels) + 1
 
 
-def train_transform(data: LabelledDataSection, augment: AugmentSection) -> T.Compose:
+def encoder_data_args(data: LabelledDataSection) -> dict[str, int]:
+    """The encoder fields the data decides: ``img_size``, ``in_chans`` and, for clips, ``num_frames``."""
+    args = {"img_size": data.img_size, "in_chans": data.in_chans}
+    return {**args, "num_frames": data.num_frames} if data.source == "clips" else args
+
+
+def train_transform(data: LabelledDataSection, augment: AugmentSection) -> Callable:
     """Random-resized crop (bicubic) and flip, then RandAugment and random erasing when enabled (MAE's
-    fine-tuning pipeline). RandAugment runs on RGB and the result is converted to ``in_chans``."""
+    fine-tuning pipeline). RandAugment runs on RGB and the result is converted to ``in_chans``. Clips get the same
+    draws on every sampled frame (one crop, flip, RandAugment and erased box per clip, as VideoMAE fine-tunes)."""
     steps: list = [
         ConvertMode(3),
         T.RandomResizedCrop(data.img_size, scale=data.crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-        T.RandomHorizontalFlip(),
+        *([T.RandomHorizontalFlip()] if augment.hflip else []),
     ]
     if augment.rand_augment:
         mean = tuple(round(255 * m) for m in (data.mean * 3)[:3])
@@ -69,6 +80,8 @@ def train_transform(data: LabelledDataSection, augment: AugmentSection) -> T.Com
     steps += [ConvertMode(data.in_chans), T.ToTensor(), T.Normalize(data.mean, data.std)]
     if augment.random_erase > 0:
         steps.append(RandomErasing(augment.random_erase, mode="pixel", device="cpu"))
+    if data.source == "clips":
+        return ClipTransform(T.Compose(steps), data.num_frames, data.frame_stride, random_start=True)
     return T.Compose(steps)
 
 
@@ -87,6 +100,16 @@ def allow_zero_bit_posterize(rand_augment: RandAugment) -> RandAugment:
         if op.name.startswith("Posterize"):
             op.aug_fn = posterize_to_bits
     return rand_augment
+
+
+def eval_transform_for(data: LabelledDataSection) -> Callable:
+    """:func:`val_transform` for images; for clips the middle ``num_frames`` frames, each with its short side
+    resized to ``img_size`` and centre-cropped (VideoMAE's test crop; one view, its 3 x 5 views are not
+    implemented)."""
+    if data.source == "clips":
+        frame = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+        return ClipTransform(frame, data.num_frames, data.frame_stride, random_start=False)
+    return val_transform(data.img_size, data.in_chans, data.mean, data.std)
 
 
 def val_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:

@@ -16,7 +16,7 @@ from mimkit.data import AugmentedDataset, collate_items
 from mimkit.data.sources import ImageSource
 from mimkit.engine.distributed import resolve_device
 from mimkit.eval.config import KnnConfig
-from mimkit.eval.data import labelled_sources, val_transform
+from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources
 from mimkit.eval.loading import load_encoder
 
 
@@ -74,9 +74,9 @@ def knn_evaluate(config: KnnConfig) -> KnnResult:
     data = config.data
     device = resolve_device(config.device)
     train_source, val_source, num_classes = labelled_sources(data)
-    args = {**config.model.args, "img_size": data.img_size, "in_chans": data.in_chans}
+    args = {**config.model.args, **encoder_data_args(data)}
     encoder = load_encoder(config.model.name, args, config.model.checkpoint).to(device)
-    transform = val_transform(data.img_size, data.in_chans, data.mean, data.std)
+    transform = eval_transform_for(data)
     train_features, train_labels = extract_features(encoder, train_source, transform, config.batch_size, device)
     val_features, val_labels = extract_features(encoder, val_source, transform, config.batch_size, device)
     scores = knn_predict(train_features, train_labels, val_features, num_classes, config.k, config.temperature)

@@ -27,7 +27,7 @@ from mimkit.engine.optim import build_scheduler, effective_lr
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
-from mimkit.eval.data import labelled_sources, train_transform, val_transform
+from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources, train_transform
 from mimkit.eval.loading import load_encoder
 
 
@@ -71,7 +71,7 @@ class TransferTrainer:
         self.output = Path(config.output)
         self.train_source, self.val_source, self.num_classes = labelled_sources(data)
 
-        args = {**config.model.args, "img_size": data.img_size, "in_chans": data.in_chans}
+        args = {**config.model.args, **encoder_data_args(data)}
         if config.protocol == "finetune":
             args.setdefault("drop_path_rate", train.drop_path)
         encoder = load_encoder(config.model.name, args, config.model.checkpoint)
@@ -92,9 +92,7 @@ class TransferTrainer:
         )
         dataset = AugmentedDataset(self.train_source, train_transform(data, config.augment), seed=train.seed)
         self.loader = batch_loader(dataset, train.batch_size, self.sampler, data.num_workers, self.dist.device)
-        val_dataset = AugmentedDataset(
-            self.val_source, val_transform(data.img_size, data.in_chans, data.mean, data.std)
-        )
+        val_dataset = AugmentedDataset(self.val_source, eval_transform_for(data))
         val_indices = list(range(self.dist.rank, len(self.val_source), self.dist.world_size))
         self.val_loader = batch_loader(
             val_dataset, train.eval_batch_size, val_indices, data.num_workers, self.dist.device
@@ -130,7 +128,9 @@ class TransferTrainer:
         images = batch["image"].to(self.dist.device, non_blocking=True)
         targets = batch["label"].to(self.dist.device, non_blocking=True)
         if self.mixup is not None:
-            images, targets = self.mixup(images, targets)
+            # Clips (B, C, T, H, W) are mixed as (B, C*T, H, W) images: one CutMix box for all frames.
+            mixed, targets = self.mixup(images.flatten(1, -3), targets)
+            images = mixed.view_as(images)
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         with autocast:
             loss = self.criterion((self.ddp or self.model)(images), targets)
