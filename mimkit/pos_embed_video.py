@@ -29,13 +29,13 @@ def _table(dim: int, frames: int, gh: int, gw: int) -> torch.Tensor:
     spatial_dim, time_dim = split_width(dim)
     spatial = sincos_2d(spatial_dim, gh, gw).double()
     half = time_dim // 2
-    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
-    angles = torch.arange(frames, dtype=torch.float64)[:, None] * omega
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64, device="cpu") / half)
+    angles = torch.arange(frames, dtype=torch.float64, device="cpu")[:, None] * omega
     temporal = torch.cat([angles.sin(), angles.cos()], dim=1)
     table = torch.cat([spatial[None].expand(frames, -1, -1), temporal[:, None].expand(-1, gh * gw, -1)], dim=2).reshape(
         frames * gh * gw, dim
     )
-    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).to(torch.float32)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64, device="cpu"), table]).to(torch.float32)
 
 
 def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:

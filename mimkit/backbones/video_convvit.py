@@ -120,7 +120,8 @@ class VideoConvViTEncoder(ConvViTEncoder):
         self, videos: torch.Tensor, ids_keep: torch.Tensor | None = None, dense_conv_stages: bool = False
     ) -> ConvViTFeatures:
         """Encode ``videos``; ``ids_keep`` ``(B, K)``: the visible tokens (stage 3 runs on them only, and the conv
-        stages compute only their cubes unless ``dense_conv_stages``, which masks the conv inputs instead)."""
+        stages compute only their cubes unless ``dense_conv_stages``, which masks every depthwise conv's input
+        instead: masks are token-aligned, so a masked cube's features stay in its own rows up to that point)."""
         grid = self.token_grid(videos)
         tokens = grid[0] * grid[1] * grid[2]
         sparse = ids_keep is not None and not dense_conv_stages
@@ -131,12 +132,10 @@ class VideoConvViTEncoder(ConvViTEncoder):
             visibility = visibility[:, :, None, None, None]
 
         x = self.patch_embed1(video_cells(videos, layout, self.tubelet_size))
-        x = x * visibility if visibility is not None else x
         for block in self.blocks1:
             x = block(x, layout, visibility)
         stage1 = x
         x = self.patch_embed2(group_cells(x, 2))
-        x = x * visibility if visibility is not None else x
         for block in self.blocks2:
             x = block(x, layout, visibility)
         stage2 = x
