@@ -181,7 +181,12 @@ def _plain(value: Any) -> Any:
 def timm_model_for(pretraining_model: str, resolved: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The registered timm name closest to a pretraining model's encoder, and the encoder fields that differ
     from that name's defaults (to pass to ``timm.create_model``)."""
-    family = TIMM_FAMILIES[encoder_class(pretraining_model)]
+    encoder = encoder_class(pretraining_model)
+    if encoder not in TIMM_FAMILIES:
+        raise MimkitError(
+            f"'{pretraining_model}' has a {encoder.__name__}, which has no timm export (timm models take images)"
+        )
+    family = TIMM_FAMILIES[encoder]
     candidates = []
     for timm_name, model in TIMM_NAMES.items():
         if timm_name.startswith(family + "_"):

@@ -14,7 +14,9 @@ from mimkit.cli import main
 from mimkit.config_schema import ConfigError
 from mimkit.data.video import SampleClips
 from mimkit.engine.config import load_pretrain_config
+from mimkit.errors import MimkitError
 from mimkit.eval.classifier import Classifier
+from mimkit.export import export_encoder
 from mimkit.masking_video import num_hidden_tokens, random_video_masking, tube_masking
 from mimkit.models import create_encoder
 from mimkit.pos_embed import sincos_2d
@@ -196,6 +198,8 @@ def test_tiny_pretraining_from_the_cli_writes_a_frame_row_picture(tmp_path, caps
         assert picture.size == (8 * 66 + 2, 2 * 4 * 66 + 2)
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["loss"] > 0 for r in records)
+    with pytest.raises(MimkitError, match="VideoConvViTEncoder, which has no timm export"):
+        export_encoder(output / "checkpoints" / "last.safetensors", tmp_path / "encoder.safetensors")
 
 
 def _write_labelled_clips(root, size=32):

@@ -1,9 +1,9 @@
 """Video clips: where they come from and how a clip becomes a ``(C, T, H, W)`` tensor.
 
-A clip source is an :class:`~mimkit.data.sources.ImageSource` whose ``load`` returns the clip's :class:`Frames`
-(loaded on demand), so the dataset, sampler and unreadable-input policy of images serve clips unchanged: a
-frame that cannot be read, or a video file that cannot be decoded, raises one of ``UNREADABLE_IMAGE_ERRORS`` and
-the clip is skipped and counted.
+A clip source is an :class:`~mimkit.data.sources.ImageSource` whose ``load`` returns the clip's frames, themselves
+an image source (frames are read on demand), so the dataset, sampler and unreadable-input policy of images serve
+clips unchanged: a frame that cannot be read, or a video file that cannot be decoded, raises one of
+``UNREADABLE_IMAGE_ERRORS`` and the clip is skipped and counted.
 
 * :class:`ClipFolder`: every clip under a root, a clip being a folder of frame images (sorted by name) or a
   video file (decoded with PyAV, the ``video`` extra). Clips in first-level class sub-folders are labelled.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mimkit.data.sources import IMAGE_EXTENSIONS, SAMPLE_PHOTO_NAMES, ImageSource
+from mimkit.data.sources import IMAGE_EXTENSIONS, SAMPLE_PHOTO_NAMES, ImageFiles, ImageSource
 from mimkit.errors import MimkitError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
@@ -32,32 +32,7 @@ CLIP_SOURCES = ("sample_clips", "clips")
 """``data.source`` values that give clips instead of images."""
 
 
-class Frames:
-    """The frames of one clip: ``len(frames)`` and ``frames.load(k) -> PIL.Image`` (may raise if unreadable)."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def load(self, index: int) -> Image.Image:
-        raise NotImplementedError
-
-
-class FrameFiles(Frames):
-    """Frames stored as image files, read when asked for."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            image.load()
-            return image.copy()
-
-
-class DecodedFrames(Frames):
+class DecodedFrames(ImageSource):
     """Frames already decoded into memory."""
 
     def __init__(self, images: Sequence[Image.Image]) -> None:
@@ -116,17 +91,17 @@ class ClipFolder(ImageSource):
     def __len__(self) -> int:
         return len(self.clips)
 
-    def load(self, index: int) -> Frames:
+    def load(self, index: int) -> ImageSource:
         clip = self.clips[index]
         if clip.is_dir():
-            return FrameFiles(sorted(p for p in clip.iterdir() if _is_image(p)))
+            return ImageFiles(sorted(p for p in clip.iterdir() if _is_image(p)))
         return read_video(clip)
 
     def name_of(self, index: int) -> str:
         return str(self.clips[index])
 
 
-class PanZoomFrames(Frames):
+class PanZoomFrames(ImageSource):
     """Frames of a camera moving over a still photo: a square window whose centre and side move linearly from a
     start box to an end box, each frame resized to ``size`` pixels."""
 
@@ -205,7 +180,7 @@ class ClipTransform:
         self.frame_transform = frame_transform
         self.num_frames, self.stride, self.random_start = num_frames, stride, random_start
 
-    def __call__(self, frames: Frames) -> torch.Tensor:
+    def __call__(self, frames: ImageSource) -> torch.Tensor:
         indices = clip_indices(len(frames), self.num_frames, self.stride, self.random_start)
         loaded = {index: frames.load(index) for index in sorted(set(indices))}
         states = torch.get_rng_state(), random.getstate(), np.random.get_state()
