@@ -10,6 +10,7 @@ import torch
 from mimkit.config_schema import from_dict
 from mimkit.data import ImageFiles, ImageFolder, eval_transform, load_readable
 from mimkit.data.sources import IMAGE_EXTENSIONS
+from mimkit.data.video import CLIP_SOURCES
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import PretrainConfig
 from mimkit.errors import MimkitError
@@ -44,6 +45,10 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
 def visualize_images(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0) -> Path:
     """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
     model, config = load_pretrained(checkpoint)
+    if config.data.source in CLIP_SOURCES:
+        raise MimkitError(
+            f"{checkpoint} holds a video model; `mimkit visualize` draws images (pretraining runs draw their clips)"
+        )
     transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
     batch, skipped = load_readable(ImageFiles(_image_files(images)), transform)
     if skipped:

@@ -16,7 +16,9 @@ from mimkit.data.video import SampleClips
 from mimkit.engine.config import load_pretrain_config
 from mimkit.errors import MimkitError
 from mimkit.eval.classifier import Classifier
+from mimkit.eval.config import load_transfer_config
 from mimkit.export import export_encoder
+from mimkit.inference import visualize_images
 from mimkit.masking_video import num_hidden_tokens, random_video_masking, tube_masking
 from mimkit.models import create_encoder
 from mimkit.pos_embed import sincos_2d
@@ -167,6 +169,8 @@ def test_bad_configs_and_inputs_get_errors_naming_the_field():
         load_pretrain_config(None, ["model.name=videoconvmae_tiny"])
     with pytest.raises(ConfigError, match="data.source 'sample_clips' gives clips"):
         load_pretrain_config(None, ["data.source=sample_clips"])
+    with pytest.raises(ConfigError, match="data.source 'fashion_mnist' gives images but model 'videoconvmae_tiny'"):
+        load_transfer_config("finetune", None, ["model.name=videoconvmae_tiny"])
     with pytest.raises(ConfigError, match="frame_stride"):
         load_pretrain_config(None, ["model.name=videoconvmae_tiny", "data.source=sample_clips", "data.frame_stride=0"])
     with pytest.raises(ValueError, match="clips of 8 frames"):
@@ -200,6 +204,17 @@ def test_tiny_pretraining_from_the_cli_writes_a_frame_row_picture(tmp_path, caps
     assert len(records) == 2 and all(r["loss"] > 0 for r in records)
     with pytest.raises(MimkitError, match="VideoConvViTEncoder, which has no timm export"):
         export_encoder(output / "checkpoints" / "last.safetensors", tmp_path / "encoder.safetensors")
+    with pytest.raises(MimkitError, match="holds a video model"):
+        visualize_images(output / "checkpoints" / "last.safetensors", [tmp_path], tmp_path / "grid.png")
+
+
+def test_data_flag_of_a_video_config_reads_a_folder_of_clips(tmp_path, capsys):
+    train, _ = _write_labelled_clips(tmp_path / "clips")
+    args = ["pretrain", "--config", "videoconvmae/videoconvmae_tiny_clips", "--data", str(train)]
+    args += ["--output", str(tmp_path / "run"), *SMALL_ARGS, "data.img_size=32", "data.num_frames=8"]
+    args += ["data.frame_stride=1", "train.batch_size=4", "train.epochs=1", "train.visualize_images=0"]
+    assert main(args) == 0
+    assert "done: 1 steps" in capsys.readouterr().out
 
 
 def _write_labelled_clips(root, size=32):
