@@ -16,7 +16,9 @@ from mimkit.data.video import SampleClips
 from mimkit.engine.config import load_pretrain_config
 from mimkit.errors import MimkitError
 from mimkit.eval.classifier import Classifier
-from mimkit.eval.config import load_transfer_config
+from mimkit.eval.config import load_knn_config, load_transfer_config
+from mimkit.eval.knn import knn_evaluate
+from mimkit.eval.transfer import linprobe
 from mimkit.export import export_encoder
 from mimkit.inference import visualize_images
 from mimkit.masking_video import num_hidden_tokens, random_video_masking, tube_masking
@@ -259,3 +261,27 @@ def test_one_fine_tuning_step_on_labelled_frame_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 0: val top-1" in out
     assert (tmp_path / "ft" / "checkpoints" / "last.safetensors").is_file()
+
+
+def test_knn_and_linear_probe_read_labelled_clips(tmp_path):
+    train, val = _write_labelled_clips(tmp_path / "clips")
+    overrides = [
+        "model.name=videoconvmae_tiny",
+        "model.args.embed_dims=[16,32,64]",
+        "model.args.depths=[1,1,2]",
+        "model.args.num_heads=2",
+        "data.source=clips",
+        f"data.train_path={train}",
+        f"data.val_path={val}",
+        "data.img_size=32",
+        "data.in_chans=3",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.25,0.25,0.25]",
+        "data.num_frames=4",
+        "data.num_workers=0",
+    ]
+    result = knn_evaluate(load_knn_config(None, [*overrides, "k=2", "batch_size=2"]))
+    assert (result.train_images, result.val_images) == (4, 2) and 0 <= result.top1 <= 100
+    probe = load_transfer_config("linprobe", None, [*overrides, "train.batch_size=4", "train.max_steps=1"])
+    probe.output = str(tmp_path / "probe")
+    assert linprobe(probe).steps == 1
