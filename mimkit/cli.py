@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mimkit.errors import MimkitError
+from mimkit.runtime import keep_freed_memory
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.handler(args)
     except (MimkitError, FileNotFoundError) as err:

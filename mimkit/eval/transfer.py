@@ -23,7 +23,7 @@ from mimkit.data import AugmentedDataset, StepSampler, batch_loader
 from mimkit.engine.checkpoint import TrainPosition, save_checkpoint
 from mimkit.engine.distributed import barrier, init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import build_scheduler, effective_lr
+from mimkit.engine.optim import adamw, build_scheduler, effective_lr
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
@@ -54,7 +54,7 @@ def build_optimizer(model: Classifier, config: TransferConfig, lr: float) -> tor
             {"params": [p for p in model.head.parameters() if p.requires_grad], "weight_decay": optim.weight_decay}
         ]
     if optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=optim.betas)
+        return adamw(groups, lr=lr, betas=optim.betas)
     if optim.name == "lars":
         return Lars(groups, lr=lr, momentum=optim.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
