@@ -98,7 +98,13 @@ def _quality(args: argparse.Namespace) -> int:
     from mimkit.quality import QualitySettings, run_quality
     from mimkit.quality_report import PLOT_NAME, format_markdown
 
-    settings = QualitySettings(steps=args.steps, eval_points=tuple(args.eval_points) if args.eval_points else None)
+    settings = QualitySettings(
+        steps=args.steps,
+        eval_points=tuple(args.eval_points) if args.eval_points else None,
+        finetune_steps=args.finetune_steps,
+        train_images=args.train_images,
+        test_images=args.test_images,
+    )
     report = run_quality(args.methods, settings, args.out)
     print()
     print(format_markdown(report))
@@ -197,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-points", type=int, nargs="+", help="--quality: steps at which to score (default: 0, 1/4, 1/2, all)"
     )
     bench.add_argument("--out", default="runs/quality", help="--quality: output folder (default: runs/quality)")
+    bench.add_argument("--finetune-steps", type=int, default=300, help="--quality: steps per fine-tuning run")
+    bench.add_argument(
+        "--train-images", type=int, help="--quality: score with the first N training images only (quick checks)"
+    )
+    bench.add_argument("--test-images", type=int, help="--quality: score on the first N test images only")
     bench.set_defaults(handler=_bench)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")

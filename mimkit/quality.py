@@ -31,7 +31,7 @@ from mimkit.engine.pretrain import Pretrainer, build_pretrain_model, pretrain
 from mimkit.errors import MimkitError
 from mimkit.eval.config import load_transfer_config
 from mimkit.eval.data import Subset, balanced_label_subset
-from mimkit.eval.knn import extract_features, knn_predict
+from mimkit.eval.knn import knn_predict, normalized_features
 from mimkit.eval.transfer import TransferTrainer
 from mimkit.methods.base import PretrainingModel
 
@@ -153,14 +153,25 @@ def labelled_split(settings: QualitySettings, split: str, limit: int | None) -> 
     return Subset(source, range(min(limit, len(source)))) if limit else source
 
 
+def transformed_split(
+    settings: QualitySettings, split: str, limit: int | None, transform
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of the split through ``transform`` as one tensor (computed once, scored at every point),
+    and the labels."""
+    source = labelled_split(settings, split, limit)
+    images, _ = load_readable(source, transform)
+    return images, torch.as_tensor(source.labels)
+
+
 @torch.no_grad()
 def reconstruction_loss(model: PretrainingModel, images: torch.Tensor, noise: torch.Tensor) -> float:
     """The model's masked-reconstruction loss on ``images`` under fixed ``noise``, averaged over images."""
     model.eval()
+    device = next(model.parameters()).device
     total = 0.0
     for start in range(0, len(images), FEATURE_BATCH):
-        batch = images[start : start + FEATURE_BATCH]
-        total += model(batch, noise=noise[start : start + FEATURE_BATCH])["loss"].item() * len(batch)
+        batch = images[start : start + FEATURE_BATCH].to(device)
+        total += model(batch, noise=noise[start : start + FEATURE_BATCH].to(device))["loss"].item() * len(batch)
     return total / len(images)
 
 
@@ -201,13 +212,11 @@ def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
 
 def raw_pixel_probe(settings: QualitySettings) -> float:
     """The baseline: the linear-probe recipe on raw 28x28 pixels (scaled to [0, 1], then standardized)."""
-    to_tensor = T.ToTensor()
-    data = []
-    for split, limit in (("train", settings.train_images), ("test", settings.test_images)):
-        source = labelled_split(settings, split, limit)
-        pixels, _ = load_readable(source, to_tensor)
-        data += [pixels.flatten(1), torch.as_tensor(source.labels)]
-    return linear_probe_top1(*data, iterations=settings.probe_iterations, l2=settings.probe_l2)
+    train_x, train_y = transformed_split(settings, "train", settings.train_images, T.ToTensor())
+    test_x, test_y = transformed_split(settings, "test", settings.test_images, T.ToTensor())
+    return linear_probe_top1(
+        train_x.flatten(1), train_y, test_x.flatten(1), test_y, settings.probe_iterations, settings.probe_l2
+    )
 
 
 class PointEvaluator:
@@ -217,17 +226,20 @@ class PointEvaluator:
     def __init__(self, config: PretrainConfig, settings: QualitySettings) -> None:
         data = config.data
         self.settings = settings
-        self.transform = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
-        self.train = labelled_split(settings, "train", settings.train_images)
-        self.test = labelled_split(settings, "test", settings.test_images)
-        held_out = Subset(self.test, range(min(settings.recon_images, len(self.test))))
-        self.recon_images, _ = load_readable(held_out, self.transform)
+        transform = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+        self.train_images, self.train_labels = transformed_split(settings, "train", settings.train_images, transform)
+        self.test_images, self.test_labels = transformed_split(settings, "test", settings.test_images, transform)
+        self.recon_images = self.test_images[: settings.recon_images]
         self.noise_seed = config.train.seed + 1
 
     def __call__(self, model: PretrainingModel, step: int) -> PointResult:
-        encoder = model.encoder_module()
-        train_f, train_y = extract_features(encoder, self.train, self.transform, FEATURE_BATCH, torch.device("cpu"))
-        test_f, test_y = extract_features(encoder, self.test, self.transform, FEATURE_BATCH, torch.device("cpu"))
+        encoder = model.encoder_module().eval()
+        device = next(model.parameters()).device
+        train_f, test_f = (
+            torch.cat([normalized_features(encoder, batch, device) for batch in images.split(FEATURE_BATCH)])
+            for images in (self.train_images, self.test_images)
+        )
+        train_y, test_y = self.train_labels, self.test_labels
         generator = torch.Generator().manual_seed(self.noise_seed)
         noise = model.sample_noise(len(self.recon_images), tuple(self.recon_images.shape[-2:]), generator)
         return PointResult(
