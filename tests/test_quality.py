@@ -105,12 +105,12 @@ def test_raw_pixel_baseline_beats_chance():
 
 
 def test_eval_schedule_and_budget(tmp_path):
-    assert eval_schedule(2000, None) == [0, 500, 1000, 2000]
+    assert eval_schedule(1500, None) == [0, 375, 750, 1500]
     assert eval_schedule(10, (0, 5)) == [0, 5, 10]
     with pytest.raises(MimkitError, match=r"outside the pretraining run \(0..10 steps\)"):
         eval_schedule(10, (0, 20))
     for method in METHOD_CONFIGS:
-        assert budget_steps(method_config(method, QualitySettings(), tmp_path)) == 2000
+        assert budget_steps(method_config(method, QualitySettings(), tmp_path)) == 1500
         rescaled = method_config(method, QualitySettings(steps=30), tmp_path)
         assert budget_steps(rescaled) >= 30 and rescaled.train.max_steps == 30
 
