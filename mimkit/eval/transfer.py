@@ -194,6 +194,9 @@ class TransferTrainer:
                     progress.update(step, epoch, loss, lr, speed)
                     if step >= stop_at:
                         break
+                last = step >= stop_at or epoch == train.epochs - 1
+                if not last and (train.eval_every == 0 or (epoch + 1) % train.eval_every):
+                    continue
                 top1, top5 = self.evaluate()
                 summary.last_top1, summary.last_top5 = top1, top5
                 position = TrainPosition(step=step, epoch=epoch + 1)
