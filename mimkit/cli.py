@@ -7,21 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from mimkit.config_paths import resolve_config_path
 from mimkit.errors import MimkitError
 from mimkit.runtime import keep_freed_memory
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config_path(name: str | None) -> str | None:
-    """A config path as given, or relative to the repository's ``configs/`` folder (``mae/vit_base.yaml``)."""
-    if name is None or Path(name).exists():
-        return name
-    candidate = REPO_CONFIGS / name
-    for path in (candidate, candidate.with_suffix(".yaml")):
-        if path.exists():
-            return str(path)
-    return name
 
 
 def _pretrain(args: argparse.Namespace) -> int:

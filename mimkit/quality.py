@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-from mimkit.cli import resolve_config_path
+from mimkit.config_paths import resolve_config_path
 from mimkit.data import FashionMNIST, ImageSource, eval_transform, load_readable
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import PretrainConfig, load_pretrain_config
