@@ -21,10 +21,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mimkit
+from mimkit.engine.optim import adamw
 
 
 def time_steps(model: torch.nn.Module, images: torch.Tensor, noise: torch.Tensor, warmup: int, repeats: int):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4)
     times, losses = [], []
     for index in range(warmup + repeats):
         start = time.perf_counter()

@@ -16,6 +16,7 @@ import time
 import torch
 
 import mimkit
+from mimkit.engine.optim import adamw
 
 
 def median_seconds(run, warmup: int, repeats: int) -> float:
@@ -32,7 +33,7 @@ def measure(name: str, images: torch.Tensor, target: str, warmup: int, repeats: 
     """Median seconds of one full step and of computing the targets alone, for the registered model ``name``."""
     torch.manual_seed(0)
     model = mimkit.create_model(name, img_size=images.shape[-1], target=target)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4)
     noise = model.sample_noise(images.shape[0], tuple(images.shape[-2:]), torch.Generator().manual_seed(1))
 
     def step() -> None:

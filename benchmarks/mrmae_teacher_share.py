@@ -22,6 +22,7 @@ from pretrain_step import parse_variant  # the sibling script (benchmarks/ is on
 from safetensors.torch import save_file
 
 import mimkit
+from mimkit.engine.optim import adamw
 from mimkit.patches import grid_size
 
 
@@ -55,7 +56,7 @@ def main() -> None:
             name, overrides = parse_variant(spec)
             torch.manual_seed(0)
             model = mimkit.create_model(name, img_size=args.image_size, teacher=teacher, **overrides)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            optimizer = adamw(model.parameters(), lr=1e-4)
             noise = model.sample_noise(args.batch, size, torch.Generator().manual_seed(1))
             grid = grid_size(*size, model.patch_size)
             steps, teaching = [], []

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import mimkit
+from mimkit.engine.optim import adamw
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -47,7 +48,7 @@ def main() -> None:
         name, overrides = parse_variant(spec)
         torch.manual_seed(0)
         model = mimkit.create_model(name, img_size=args.image_size, **overrides)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = adamw(model.parameters(), lr=1e-4)
         noise = model.sample_noise(args.batch, size, torch.Generator().manual_seed(1))
         times = []
         for index in range(args.warmup + args.repeats):

@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mimkit.errors import MimkitError
+from mimkit.runtime import keep_freed_memory
 
 SIZES: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("mae", "base"): ("mae_vit_base_patch16", {}, 224),
@@ -130,6 +131,7 @@ def measure(
     repeats: int,
 ) -> BenchResult:
     """Time ``repeats`` full steps after ``warmup`` of the (method, size) model, in this process."""
+    from mimkit.engine.optim import build_optimizer
     from mimkit.models import create_model
 
     name, overrides, default_size = SIZES[(method, size)]
@@ -137,7 +139,7 @@ def measure(
     dev = torch.device(device)
     torch.manual_seed(0)
     model = create_model(name, img_size=image_size, **overrides).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
     images = torch.randn(batch, model.in_chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
     images = images.to(dev)
     noise = model.sample_noise(batch, (image_size, image_size), torch.Generator().manual_seed(1)).to(dev)
@@ -261,4 +263,5 @@ def results_json(results: list[BenchResult]) -> str:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()
     print(json.dumps(asdict(measure(**json.loads(sys.argv[1])))))

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from mimkit.config_paths import resolve_config_path
 from mimkit.errors import MimkitError
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def resolve_config_path(name: str | None) -> str | None:
-    """A config path as given, or relative to the repository's ``configs/`` folder (``mae/vit_base.yaml``)."""
-    if name is None or Path(name).exists():
-        return name
-    candidate = REPO_CONFIGS / name
-    for path in (candidate, candidate.with_suffix(".yaml")):
-        if path.exists():
-            return str(path)
-    return name
+from mimkit.runtime import keep_freed_memory
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -95,11 +85,35 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _quality(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
 
+    from mimkit.quality import QualitySettings, run_quality
+    from mimkit.quality_report import PLOT_NAME, format_markdown
+
+    settings = QualitySettings(
+        steps=args.steps,
+        eval_points=tuple(args.eval_points) if args.eval_points else None,
+        finetune_steps=args.finetune_steps,
+        train_images=args.train_images,
+        test_images=args.test_images,
+    )
+    report = run_quality(args.methods, settings, args.out)
+    print()
+    print(format_markdown(report))
+    print(f"results: {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'}, {Path(args.out) / PLOT_NAME}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        print(f"results: {args.json}")
+    print(f"wall time: {report.seconds / 60:.1f} min")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
     from mimkit.bench import format_table, results_json, run_benchmarks
 
+    if args.quality:
+        return _quality(args)
     print(
         f"mimkit bench: {args.device}, {args.precision}, full steps (forward, loss, backward, AdamW); one process each"
     )
@@ -163,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
     exp.set_defaults(handler=_export)
 
-    bench = commands.add_parser("bench", help="time a full pretraining step per method and size")
+    bench = commands.add_parser(
+        "bench", help="time a full pretraining step per method and size; --quality: the quality benchmark"
+    )
     bench.add_argument("--methods", nargs="+", default=["mae", "convmae", "mixmae", "localmim"])
     bench.add_argument("--sizes", nargs="+", default=["small"], help="small (96 px, CPU-sized) and/or base (224 px)")
     bench.add_argument("--batch", type=int, help="images per step (default: 32 for small, 8 for base)")
@@ -173,6 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument(
+        "--quality",
+        action="store_true",
+        help="instead of timing steps: pretrain on Fashion-MNIST and score kNN, linear probe, low-label fine-tuning",
+    )
+    bench.add_argument("--steps", type=int, help="--quality: pretraining steps per method (default: the configs' 1500)")
+    bench.add_argument(
+        "--eval-points", type=int, nargs="+", help="--quality: steps at which to score (default: 0, 1/4, 1/2, all)"
+    )
+    bench.add_argument("--out", default="runs/quality", help="--quality: output folder (default: runs/quality)")
+    bench.add_argument("--finetune-steps", type=int, default=300, help="--quality: steps per fine-tuning run")
+    bench.add_argument(
+        "--train-images", type=int, help="--quality: score with the first N training images only (quick checks)"
+    )
+    bench.add_argument("--test-images", type=int, help="--quality: score on the first N test images only")
     bench.set_defaults(handler=_bench)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
@@ -186,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.handler(args)
     except (MimkitError, FileNotFoundError) as err:

@@ -45,6 +45,10 @@ class LabelledDataSection:
     train_limit: int | None = None
     """Use only the first N training images (quick checks, low-label regimes)."""
     val_limit: int | None = None
+    label_fraction: float | None = None
+    """Keep this share of the training labels, class-balanced (round(share x class size) images per class, at
+    least one), drawn with ``label_seed``; null keeps every image (low-label fine-tuning)."""
+    label_seed: int = 0
     crop_scale: tuple[float, float] = (0.08, 1.0)
     num_frames: int = 16
     """Frames per clip (``clips`` only)."""
@@ -55,6 +59,8 @@ class LabelledDataSection:
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean and std need {self.in_chans} values each (in_chans={self.in_chans})")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
 
 
 @dataclass
@@ -104,8 +110,12 @@ class TransferTrainSection:
     """Stop after this many optimizer steps (the schedule still spans ``epochs``)."""
     log_every: int = 20
     eval_batch_size: int = 256
+    eval_every: int = 1
+    """Validate (and write checkpoints) every this many epochs and after the last; 0: after the last only."""
 
     def __post_init__(self) -> None:
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be at least 0, got {self.eval_every}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError(f"batch_size must be even and at least 2, got {self.batch_size}")
         if self.epochs < 1:

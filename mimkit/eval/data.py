@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from PIL import Image, ImageOps
 from timm.data.auto_augment import RandAugment, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
@@ -17,22 +18,35 @@ from mimkit.eval.config import AugmentSection, LabelledDataSection
 
 
 class Subset(ImageSource):
-    """The first ``limit`` images of a source, with their labels."""
+    """The images of ``source`` at ``indices``, in that order, with their labels."""
 
-    def __init__(self, source: ImageSource, limit: int) -> None:
+    def __init__(self, source: ImageSource, indices: Sequence[int]) -> None:
         self.source = source
-        self.size = min(limit, len(source))
-        self.labels = source.labels[: self.size] if source.labels is not None else None
+        self.indices = list(indices)
+        self.labels = [source.labels[i] for i in self.indices] if source.labels is not None else None
         self.class_names = source.class_names
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.indices)
 
     def load(self, index: int):
-        return self.source.load(index)
+        return self.source.load(self.indices[index])
 
     def name_of(self, index: int) -> str:
-        return self.source.name_of(index)
+        return self.source.name_of(self.indices[index])
+
+
+def balanced_label_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
+    """Indices of a class-balanced share of ``labels``: ``round(fraction x class size)`` (at least one) images
+    drawn at random from every class with a ``seed``-ed generator, returned in increasing order."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class = torch.as_tensor(list(labels))
+    chosen: list[int] = []
+    for label in sorted(set(by_class.tolist())):
+        members = (by_class == label).nonzero().flatten()
+        keep = max(1, round(fraction * len(members)))
+        chosen += members[torch.randperm(len(members), generator=generator)[:keep]].tolist()
+    return sorted(chosen)
 
 
 def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSource, int]:
@@ -52,9 +66,11 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
     if train.class_names != val.class_names:
         raise MimkitError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
     if data.train_limit:
-        train = Subset(train, data.train_limit)
+        train = Subset(train, range(min(data.train_limit, len(train))))
+    if data.label_fraction is not None:
+        train = Subset(train, balanced_label_subset(train.labels, data.label_fraction, data.label_seed))
     if data.val_limit:
-        val = Subset(val, data.val_limit)
+        val = Subset(val, range(min(data.val_limit, len(val))))
     return train, val, len(train.class_names or []) or max(train.labels) + 1
 
 

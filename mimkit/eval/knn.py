@@ -31,9 +31,15 @@ def extract_features(
     )
     features, labels = [], []
     for batch in loader:
-        features.append(F.normalize(encoder.pooled_features(batch["image"].to(device)).float(), dim=1).cpu())
+        features.append(normalized_features(encoder, batch["image"], device))
         labels.append(batch["label"])
     return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def normalized_features(encoder: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """L2-normalized pooled features ``(B, D)`` of a batch of ``images``, on the CPU."""
+    return F.normalize(encoder.pooled_features(images.to(device)).float(), dim=1).cpu()
 
 
 def knn_predict(

@@ -23,7 +23,7 @@ from mimkit.data import AugmentedDataset, StepSampler, batch_loader
 from mimkit.engine.checkpoint import TrainPosition, save_checkpoint
 from mimkit.engine.distributed import barrier, init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import build_scheduler, effective_lr
+from mimkit.engine.optim import adamw, build_scheduler, effective_lr
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
@@ -54,7 +54,7 @@ def build_optimizer(model: Classifier, config: TransferConfig, lr: float) -> tor
             {"params": [p for p in model.head.parameters() if p.requires_grad], "weight_decay": optim.weight_decay}
         ]
     if optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=optim.betas)
+        return adamw(groups, lr=lr, betas=optim.betas)
     if optim.name == "lars":
         return Lars(groups, lr=lr, momentum=optim.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
@@ -194,6 +194,9 @@ class TransferTrainer:
                     progress.update(step, epoch, loss, lr, speed)
                     if step >= stop_at:
                         break
+                last = step >= stop_at or epoch == train.epochs - 1
+                if not last and (train.eval_every == 0 or (epoch + 1) % train.eval_every):
+                    continue
                 top1, top5 = self.evaluate()
                 summary.last_top1, summary.last_top5 = top1, top5
                 position = TrainPosition(step=step, epoch=epoch + 1)

@@ -1,0 +1,122 @@
+"""The quality benchmark: a miniature run of the whole pipeline, the label subsets, the probe and the baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mimkit.cli import main
+from mimkit.config_schema import ConfigError
+from mimkit.data.sources import FASHION_MNIST_DIR
+from mimkit.errors import MimkitError
+from mimkit.eval.config import load_transfer_config
+from mimkit.eval.data import balanced_label_subset
+from mimkit.quality import (
+    METHOD_CONFIGS,
+    QualitySettings,
+    budget_steps,
+    check_methods,
+    eval_schedule,
+    linear_probe_top1,
+    method_config,
+    raw_pixel_probe,
+    run_quality,
+)
+from mimkit.quality_report import PLOT_NAME
+from tests.conftest import TINY_MODEL
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
+MINIATURE = QualitySettings(
+    steps=4,
+    eval_points=(0, 2),
+    finetune_steps=4,
+    label_fractions=(0.25,),
+    recon_images=64,
+    train_images=512,
+    test_images=256,
+    pretrain_overrides=(*TINY_MODEL, "train.batch_size=16", "data.num_workers=0", "train.visualize_images=0"),
+    finetune_overrides=("train.batch_size=16", "data.num_workers=0"),
+)
+
+
+@needs_fashion_mnist
+def test_miniature_run_writes_results_in_range(tmp_path):
+    report = run_quality(["mae"], MINIATURE, tmp_path, say=lambda _: None)
+    for name in ("results.json", "results.md", PLOT_NAME):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads((tmp_path / "results.json").read_text())
+    (mae,) = stored["methods"]
+    assert [p["step"] for p in mae["points"]] == [0, 2, 4]
+    for point in mae["points"]:
+        assert 20 < point["knn_top1"] <= 100 and 20 < point["probe_top1"] <= 100  # chance is 10%
+        assert 0 < point["recon_loss"] < 10
+    assert mae["points"][-1]["recon_loss"] < mae["points"][0]["recon_loss"]
+    assert set(mae["finetune"]["25%"]) == {"pretrained", "random"}
+    assert all(0 <= v <= 100 for v in mae["finetune"]["25%"].values())
+    assert 50 < stored["raw_pixel_probe_top1"] <= 100
+    assert report.seconds > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| mae | 4 |" in table and "raw pixels (linear)" in table
+    # eval_every=0: the test images are scored once, after the last fine-tuning step
+    log = (tmp_path / "mae" / "finetune_random_25pct" / "metrics.jsonl").read_text().splitlines()
+    assert sum("val_top1" in line for line in log) == 1
+
+
+def test_balanced_label_subset_is_class_balanced_and_seeded():
+    labels = [c for c in range(10) for _ in range(50)] + [0] * 50  # class 0 twice as large
+    chosen = balanced_label_subset(labels, 0.1, seed=3)
+    counts = torch.bincount(torch.tensor([labels[i] for i in chosen]), minlength=10)
+    assert counts.tolist() == [10] + [5] * 9
+    assert chosen == sorted(set(chosen))
+    assert balanced_label_subset(labels, 0.1, seed=3) == chosen
+    assert balanced_label_subset(labels, 0.1, seed=4) != chosen
+    assert len(balanced_label_subset(labels, 0.001, seed=0)) == 10  # at least one image per class
+
+
+def test_label_fraction_is_validated():
+    with pytest.raises(ConfigError, match="label_fraction must be in"):
+        load_transfer_config("finetune", None, ["data.label_fraction=0"])
+    with pytest.raises(ConfigError, match="eval_every must be at least 0"):
+        load_transfer_config("finetune", None, ["train.eval_every=-1"])
+
+
+def test_linear_probe_separates_separable_features_deterministically():
+    generator = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(3, 8, generator=generator)
+    labels = torch.arange(300) % 3
+    features = centers[labels] + torch.randn(300, 8, generator=generator)
+    first = linear_probe_top1(features[:200], labels[:200], features[200:], labels[200:], iterations=50)
+    assert first > 95
+    assert linear_probe_top1(features[:200], labels[:200], features[200:], labels[200:], iterations=50) == first
+    shuffled = labels[torch.randperm(300, generator=generator)]
+    assert linear_probe_top1(features[:200], shuffled[:200], features[200:], shuffled[200:], iterations=50) < 60
+
+
+@needs_fashion_mnist
+def test_raw_pixel_baseline_beats_chance():
+    settings = QualitySettings(train_images=1000, test_images=500, probe_iterations=50)
+    assert raw_pixel_probe(settings) > 60  # chance is 10%
+
+
+def test_eval_schedule_and_budget(tmp_path):
+    assert eval_schedule(1500, None) == [0, 375, 750, 1500]
+    assert eval_schedule(10, (0, 5)) == [0, 5, 10]
+    with pytest.raises(MimkitError, match=r"outside the pretraining run \(0..10 steps\)"):
+        eval_schedule(10, (0, 20))
+    for method in METHOD_CONFIGS:
+        assert budget_steps(method_config(method, QualitySettings(), tmp_path)) == 1500
+        rescaled = method_config(method, QualitySettings(steps=30), tmp_path)
+        assert budget_steps(rescaled) >= 30 and rescaled.train.max_steps == 30
+
+
+def test_bad_method_name_is_a_clear_error(capsys):
+    with pytest.raises(MimkitError, match="unknown quality-benchmark method.*choose from mae, convmae"):
+        check_methods(["mae", "beit"])
+    assert main(["bench", "--quality", "--methods", "mrmae", "--out", "unused"]) == 2
+    assert "MR-MAE needs CLIP/DINO teachers" in capsys.readouterr().err
