@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead of timing steps: pretrain on Fashion-MNIST and score kNN, linear probe, low-label fine-tuning",
     )
-    bench.add_argument("--steps", type=int, help="--quality: pretraining steps per method (default: the configs' 1500)")
+    bench.add_argument("--steps", type=int, help="--quality: pretraining steps per method (default: the configs' 800)")
     bench.add_argument(
         "--eval-points", type=int, nargs="+", help="--quality: steps at which to score (default: 0, 1/4, 1/2, all)"
     )
