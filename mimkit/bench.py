@@ -99,6 +99,7 @@ class BenchResult:
     peak_memory_mb: float
     anchor_s: float | None
     speedup_vs_anchor: float | None
+    compiled: bool = False
 
 
 def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -129,8 +130,12 @@ def measure(
     precision: str,
     warmup: int,
     repeats: int,
+    compile: bool = False,
 ) -> BenchResult:
-    """Time ``repeats`` full steps after ``warmup`` of the (method, size) model, in this process."""
+    """Time ``repeats`` full steps after ``warmup`` of the (method, size) model, in this process.
+
+    FLOPs are counted on the eager model; with ``compile`` the timed steps run ``torch.compile(model)`` and the
+    compilation happens in the (at least one) warm-up step."""
     from mimkit.engine.optim import build_optimizer
     from mimkit.models import create_model
 
@@ -145,9 +150,9 @@ def measure(
     noise = model.sample_noise(batch, (image_size, image_size), torch.Generator().manual_seed(1)).to(dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    def step() -> None:
+    def step(module: torch.nn.Module = model) -> None:
         with autocast:
-            loss = model(images, noise=noise)["loss"]
+            loss = module(images, noise=noise)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -155,15 +160,16 @@ def measure(
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-    for _ in range(warmup):
-        step()
+    timed = torch.compile(model) if compile else model
+    for _ in range(max(warmup, 1 if compile else 0)):
+        step(timed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(repeats):
         _synchronize(dev)
         start = time.perf_counter()
-        step()
+        step(timed)
         _synchronize(dev)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -193,6 +199,7 @@ def measure(
         peak_memory_mb=peak_memory,
         anchor_s=anchor,
         speedup_vs_anchor=anchor / median if anchor else None,
+        compiled=compile,
     )
 
 
@@ -230,6 +237,7 @@ def run_benchmarks(
     precision: str = "fp32",
     warmup: int = 1,
     repeats: int = 3,
+    compile: bool = False,
 ) -> list[BenchResult]:
     """Every requested (method, size), each in a fresh process; unknown names fail before anything runs."""
     unknown = [(m, s) for m in methods for s in sizes if (m, s) not in SIZES]
@@ -249,6 +257,7 @@ def run_benchmarks(
                 "precision": precision,
                 "warmup": warmup,
                 "repeats": repeats,
+                "compile": compile,
             }
             results.append(run_in_fresh_process(spec))
             print(format_table(results[-1:]).splitlines()[1], flush=True)

@@ -114,11 +114,18 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.quality:
         return _quality(args)
-    print(
-        f"mimkit bench: {args.device}, {args.precision}, full steps (forward, loss, backward, AdamW); one process each"
-    )
+    mode = f"{args.device}, {args.precision}" + (", torch.compile" if args.compile else "")
+    print(f"mimkit bench: {mode}, full steps (forward, loss, backward, AdamW); one process each")
     results = run_benchmarks(
-        args.methods, args.sizes, args.batch, args.image_size, args.device, args.precision, args.warmup, args.repeats
+        args.methods,
+        args.sizes,
+        args.batch,
+        args.image_size,
+        args.device,
+        args.precision,
+        args.warmup,
+        args.repeats,
+        compile=args.compile,
     )
     print()
     print(format_table(results))
@@ -188,13 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (GPUs)")
     bench.add_argument("--warmup", type=int, default=1)
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--compile", action="store_true", help="time torch.compile(model) (compiled in warm-up)")
     bench.add_argument("--json", help="also write the results to this JSON file")
     bench.add_argument(
         "--quality",
         action="store_true",
         help="instead of timing steps: pretrain on Fashion-MNIST and score kNN, linear probe, low-label fine-tuning",
     )
-    bench.add_argument("--steps", type=int, help="--quality: pretraining steps per method (default: the configs' 1500)")
+    bench.add_argument("--steps", type=int, help="--quality: pretraining steps per method (default: the configs' 800)")
     bench.add_argument(
         "--eval-points", type=int, nargs="+", help="--quality: steps at which to score (default: 0, 1/4, 1/2, all)"
     )

@@ -110,7 +110,7 @@ def test_eval_schedule_and_budget(tmp_path):
     with pytest.raises(MimkitError, match=r"outside the pretraining run \(0..10 steps\)"):
         eval_schedule(10, (0, 20))
     for method in METHOD_CONFIGS:
-        assert budget_steps(method_config(method, QualitySettings(), tmp_path)) == 1500
+        assert budget_steps(method_config(method, QualitySettings(), tmp_path)) == 800
         rescaled = method_config(method, QualitySettings(steps=30), tmp_path)
         assert budget_steps(rescaled) >= 30 and rescaled.train.max_steps == 30
 

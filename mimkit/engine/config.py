@@ -84,6 +84,10 @@ class TrainSection:
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` autocast on GPUs; on CPUs without native bf16 it is very slow."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    """Run the model's forward (and so its backward) through ``torch.compile``. It pays on GPUs; on a 2-core CPU
+    it did not pay for a small MAE (0.92x after 80 s of compilation, ``shared/bench/official_cpu.md``), so check
+    with ``mimkit bench --compile`` before using it there."""
     seed: int = 0
     max_steps: int | None = None
     """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""

@@ -149,6 +149,9 @@ class Pretrainer:
             if self.dist.world_size > 1
             else None
         )
+        self.step_module = self.ddp or self.model
+        if train.compile:
+            self.step_module = torch.compile(self.step_module)
         self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images)
         self.viz_noise = None
         if self.viz_images is not None:
@@ -208,8 +211,9 @@ class Pretrainer:
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         with sync:
             with autocast:
-                module = self.ddp or self.model
-                loss = module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))["loss"]
+                loss = self.step_module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))[
+                    "loss"
+                ]
             (loss / train.accum_steps).backward()
         return loss.detach().float()
 
