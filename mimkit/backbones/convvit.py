@@ -181,17 +181,15 @@ class ConvViTEncoder(nn.Module):
         isolate_after: stages (0 or 1) whose output the next stage reads as a detached copy, so a loss on such a
             stage's output trains the stages up to it alone (gradient-isolated training, LocalMIM Table 5).
         """
-        if images.shape[1] != self.in_chans:
-            raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
-        grid = grid_size(images.shape[-2], images.shape[-1], TOKEN_SIZE)
+        grid = self.token_grid(images)
         sparse = ids_keep is not None and not dense_conv_stages
         if sparse and visibility is not None:
             raise ValueError("visibility applies to conv stages that run on every position (dense_conv_stages)")
-        layout = CellLayout(grid, ids_keep if sparse else None)
+        layout = self.cell_layout(grid, ids_keep if sparse else None)
         vis1 = visibility.unsqueeze(-1).to(images.dtype) if visibility is not None else None
         vis2 = group_cells(vis1, 2).amax(dim=-1, keepdim=True) if vis1 is not None else None
 
-        x = self.patch_embed1(image_cells(images, layout, cell=4))
+        x = self.patch_embed1(self.input_cells(images, layout))
         if vis1 is not None:
             x = x * vis1
         for block in self.blocks1:
@@ -206,9 +204,23 @@ class ConvViTEncoder(nn.Module):
         x = self.patch_embed3(group_cells(x.detach() if 1 in isolate_after else x, 2)).flatten(1, 3)
         x = self.patch_embed4(x) + layout.select(self.pos_embed(grid)[:, 1:].expand(x.shape[0], -1, -1))
         if ids_keep is not None and not sparse:
-            x = CellLayout(grid, ids_keep).select(x)
+            x = self.cell_layout(grid, ids_keep).select(x)
         x = self.run_stage3(x, grid, masked=ids_keep is not None)
         return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+
+    def token_grid(self, images: torch.Tensor) -> tuple[int, ...]:
+        """The stage-3 token grid ``(gh, gw)`` of ``images``, with a clear error for the wrong channel count."""
+        if images.shape[1] != self.in_chans:
+            raise ValueError(f"encoder expects {self.in_chans} input channels, got {images.shape[1]}")
+        return grid_size(images.shape[-2], images.shape[-1], TOKEN_SIZE)
+
+    def cell_layout(self, grid: tuple[int, ...], ids: torch.Tensor | None) -> CellLayout:
+        """Where the rows of the conv-stage tensors sit: the tokens ``ids`` (``None``: all) of ``grid``."""
+        return CellLayout(grid, ids)
+
+    def input_cells(self, images: torch.Tensor, layout: CellLayout) -> torch.Tensor:
+        """The stage-1 embedding's input: each kept token's 4x4-pixel cells, grouped for :func:`strided_conv`."""
+        return image_cells(images, layout, cell=4)
 
     def run_stage3(self, x: torch.Tensor, grid: tuple[int, int], masked: bool) -> torch.Tensor:
         """The transformer blocks on ``(B, N, C3)`` tokens: every token of ``grid`` (row-major), or the visible

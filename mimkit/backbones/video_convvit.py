@@ -19,6 +19,7 @@ input instead (the reference path).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.backbones.cell_layout import CellLayout, group_cells
+from mimkit.backbones.cell_layout import CellLayout
 from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder, ConvViTFeatures
 from mimkit.patches import grid_size
 from mimkit.pos_embed_video import SpatioTemporalPositions
@@ -116,35 +117,24 @@ class VideoConvViTEncoder(ConvViTEncoder):
             raise ValueError(f"{videos.shape[2]} frames are not a multiple of the cube's {self.tubelet_size}")
         return (videos.shape[2] // self.tubelet_size, *grid_size(videos.shape[-2], videos.shape[-1], TOKEN_SIZE))
 
+    def cell_layout(self, grid: tuple[int, ...], ids: torch.Tensor | None) -> VideoCellLayout:
+        return layout_of(grid, ids)
+
+    def input_cells(self, videos: torch.Tensor, layout: CellLayout) -> torch.Tensor:
+        return video_cells(videos, layout, self.tubelet_size)
+
     def forward(
         self, videos: torch.Tensor, ids_keep: torch.Tensor | None = None, dense_conv_stages: bool = False
     ) -> ConvViTFeatures:
         """Encode ``videos``; ``ids_keep`` ``(B, K)``: the visible tokens (stage 3 runs on them only, and the conv
         stages compute only their cubes unless ``dense_conv_stages``, which masks every depthwise conv's input
-        instead: masks are token-aligned, so a masked cube's features stay in its own rows up to that point)."""
-        grid = self.token_grid(videos)
-        tokens = grid[0] * grid[1] * grid[2]
-        sparse = ids_keep is not None and not dense_conv_stages
-        layout = layout_of(grid, ids_keep if sparse else None)
+        instead: masks are token-aligned, so every stage-1 cell of a token shares its visibility)."""
         visibility = None
-        if ids_keep is not None and not sparse:
-            visibility = videos.new_zeros(videos.shape[0], tokens).scatter_(1, ids_keep, 1.0)
-            visibility = visibility[:, :, None, None, None]
-
-        x = self.patch_embed1(video_cells(videos, layout, self.tubelet_size))
-        for block in self.blocks1:
-            x = block(x, layout, visibility)
-        stage1 = x
-        x = self.patch_embed2(group_cells(x, 2))
-        for block in self.blocks2:
-            x = block(x, layout, visibility)
-        stage2 = x
-        x = self.patch_embed3(group_cells(x, 2)).flatten(1, 3)
-        x = self.patch_embed4(x) + layout.select(self.pos_embed(grid)[:, 1:].expand(x.shape[0], -1, -1))
-        if ids_keep is not None and not sparse:
-            x = layout_of(grid, ids_keep).select(x)
-        x = self.run_stage3(x, grid, masked=ids_keep is not None)
-        return ConvViTFeatures(stage1, stage2, x, layout, ids_keep)
+        if ids_keep is not None and dense_conv_stages:
+            cells = TOKEN_SIZE // CELL
+            visibility = videos.new_zeros(videos.shape[0], math.prod(self.token_grid(videos)))
+            visibility = visibility.scatter_(1, ids_keep, 1.0)[:, :, None, None].expand(-1, -1, cells, cells)
+        return super().forward(videos, ids_keep, visibility, dense_conv_stages)
 
     @property
     def feature_info(self) -> list[dict]:
