@@ -160,6 +160,25 @@ def test_encoder_pools_and_classifies_clips_and_gives_feature_volumes():
     assert [info["num_chs"] for info in encoder.feature_info] == [16, 32, 64]
 
 
+def _tiny_clip_transfer(train, val) -> list[str]:
+    """Overrides of a transfer run of a tiny video encoder on the labelled clip folders ``train`` and ``val``."""
+    return [
+        "model.name=videoconvmae_tiny",
+        "model.args.embed_dims=[16,32,64]",
+        "model.args.depths=[1,1,2]",
+        "model.args.num_heads=2",
+        "data.source=clips",
+        f"data.train_path={train}",
+        f"data.val_path={val}",
+        "data.img_size=32",
+        "data.in_chans=3",
+        "data.mean=[0.5,0.5,0.5]",
+        "data.std=[0.25,0.25,0.25]",
+        "data.num_frames=4",
+        "data.num_workers=0",
+    ]
+
+
 def test_bad_configs_and_inputs_get_errors_naming_the_field():
     with pytest.raises(ConfigError, match="decoder_embed_dim"):
         mimkit.create_model("videoconvmae_tiny", decoder_embed_dim=40, decoder_num_heads=2)
@@ -238,20 +257,8 @@ def test_one_fine_tuning_step_on_labelled_frame_folders(tmp_path, capsys):
         "finetune",
         "--output",
         str(tmp_path / "ft"),
-        "model.name=videoconvmae_tiny",
-        "model.args.embed_dims=[16,32,64]",
-        "model.args.depths=[1,1,2]",
-        "model.args.num_heads=2",
-        "data.source=clips",
-        f"data.train_path={train}",
-        f"data.val_path={val}",
-        "data.img_size=32",
-        "data.in_chans=3",
-        "data.mean=[0.5,0.5,0.5]",
-        "data.std=[0.25,0.25,0.25]",
-        "data.num_frames=4",
+        *_tiny_clip_transfer(train, val),
         "data.frame_stride=2",
-        "data.num_workers=0",
         "train.batch_size=4",
         "train.epochs=1",
         "train.max_steps=1",
@@ -265,21 +272,7 @@ def test_one_fine_tuning_step_on_labelled_frame_folders(tmp_path, capsys):
 
 def test_knn_and_linear_probe_read_labelled_clips(tmp_path):
     train, val = _write_labelled_clips(tmp_path / "clips")
-    overrides = [
-        "model.name=videoconvmae_tiny",
-        "model.args.embed_dims=[16,32,64]",
-        "model.args.depths=[1,1,2]",
-        "model.args.num_heads=2",
-        "data.source=clips",
-        f"data.train_path={train}",
-        f"data.val_path={val}",
-        "data.img_size=32",
-        "data.in_chans=3",
-        "data.mean=[0.5,0.5,0.5]",
-        "data.std=[0.25,0.25,0.25]",
-        "data.num_frames=4",
-        "data.num_workers=0",
-    ]
+    overrides = _tiny_clip_transfer(train, val)
     result = knn_evaluate(load_knn_config(None, [*overrides, "k=2", "batch_size=2"]))
     assert (result.train_images, result.val_images) == (4, 2) and 0 <= result.top1 <= 100
     probe = load_transfer_config("linprobe", None, [*overrides, "train.batch_size=4", "train.max_steps=1"])
