@@ -1,8 +1,33 @@
-"""mimkit: masked-image-modeling pretraining of vision backbones."""
+"""mimkit: masked-image-modeling pretraining of vision backbones.
 
-from mimkit import export as _register_timm_models  # noqa: F401  (puts mimkit_* encoders in timm's registry)
-from mimkit.models import create_model, list_models, model_config
+``import mimkit`` is light (no torch), so the command line can answer ``--help`` and validate a config at once.
+The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models`` and
+``mimkit.model_config``; loading the models also registers mimkit's encoders in timm (as ``import mimkit.export``
+does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models", "model_config"]
+_LAZY = {
+    "create_model": "mimkit.models",
+    "create_encoder": "mimkit.models",
+    "list_models": "mimkit.model_configs.registry",
+    "model_config": "mimkit.model_configs.registry",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mimkit' has no attribute {name!r}")
+    if _LAZY[name] == "mimkit.models":
+        importlib.import_module("mimkit.export")  # puts the mimkit_* encoders in timm's registry
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -10,9 +10,9 @@ import torch
 from mimkit.config_schema import from_dict
 from mimkit.data import ImageFiles, ImageFolder, eval_transform, load_readable
 from mimkit.data.sources import IMAGE_EXTENSIONS
-from mimkit.data.video import CLIP_SOURCES
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import PretrainConfig
+from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.errors import MimkitError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model

@@ -14,11 +14,9 @@ like noise (smallest score = visible), so a run stays replayable from its noise 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-FocusRule = Literal["sample", "top"]
+from mimkit.model_configs.mrmae import FocusRule
 
 _TINY = 1e-12
 

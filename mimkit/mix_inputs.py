@@ -9,15 +9,13 @@ learnable fills replace tokens after the embedding instead (:meth:`MixingAutoenc
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 from mimkit.masking_mix import MixMask
+from mimkit.model_configs.mixmae import Fill
 from mimkit.patches import grid_size, patchify, unpatchify
 
-Fill = Literal["mix", "zero", "learnable", "shuffle", "zoomin"]
 PIXEL_FILLS = ("shuffle", "zoomin")
 """Fills that take their content from pixels and therefore need noise of their own."""
 

@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import torch
 
-
-def grid_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
-    """Patch grid of an input, with a clear error when the size is not a multiple of the patch."""
-    if height % patch_size or width % patch_size:
-        raise ValueError(
-            f"input size {height}x{width} is not divisible by the patch size {patch_size}; "
-            f"choose an image size that is a multiple of {patch_size}"
-        )
-    return height // patch_size, width // patch_size
+from mimkit.grids import grid_size
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -14,14 +14,8 @@ import functools
 import torch
 from torch import nn
 
+from mimkit.grids import split_width
 from mimkit.pos_embed import sincos_2d
-
-
-def split_width(dim: int) -> tuple[int, int]:
-    """``(spatial, temporal)`` channel counts of a ``dim``-wide table."""
-    if dim % 16:
-        raise ValueError(f"spatio-temporal sin-cos positions need a width divisible by 16, got {dim}")
-    return dim - dim // 4, dim // 4
 
 
 @functools.lru_cache(maxsize=16)

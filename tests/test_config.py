@@ -31,7 +31,7 @@ def test_defaults_and_overrides():
         ("train.precision=fp16", "config field 'train.precision': expected one of 'fp32', 'bf16'"),
         ("optim.betas=[0.9]", r"config field 'optim.betas': expected a list of 2"),
         ("data.crop_scale=[0.9, 0.2]", "config section 'data': crop_scale must satisfy"),
-        ("train.epochs=0", "epochs must be at least 1"),
+        ("train.epochs=0", "config field 'train.epochs': must be at least 1, got 0"),
         ("epochs", "not of the form key=value"),
     ],
 )
@@ -65,7 +65,7 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
 def test_cli_reports_bad_model_args(capsys, tmp_path):
     code = main(["pretrain", "--output", str(tmp_path), "model.args.depth=-x"])
     assert code == 2
-    assert "config field 'model.depth': expected an integer" in capsys.readouterr().err
+    assert "config field 'model.args.depth': expected an integer" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:for .* copying from a non-meta parameter:UserWarning")

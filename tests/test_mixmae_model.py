@@ -129,7 +129,7 @@ def test_bad_inputs_get_clear_errors():
         mimkit.create_model("mixmae_swin_tiny", mask_token_share=0.5)
     with pytest.raises(ConfigError, match="model.fill"):
         mimkit.create_model("mixmae_vit_tiny_patch16", fill="noise")
-    with pytest.raises(ConfigError, match="zoom_factor must be above 1"):
+    with pytest.raises(ConfigError, match="model.zoom_factor.: must be above 1"):
         mimkit.create_model("mixmae_swin_tiny", fill="zoomin", zoom_factor=1.0)
 
 

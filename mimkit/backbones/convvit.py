@@ -26,11 +26,9 @@ from torch import nn
 
 from mimkit.backbones.cell_layout import CellLayout, group_cells, image_cells, strided_conv
 from mimkit.backbones.vit import init_mae_weights
+from mimkit.model_configs.parts import TOKEN_SIZE
 from mimkit.patches import grid_size
 from mimkit.pos_embed import SinCosPositions
-
-TOKEN_SIZE = 16
-"""Pixels per stage-3 token side: the 4x4, 2x2 and 2x2 embeddings multiply to 16."""
 
 CONV_NORM_EPS = 1e-5
 """The authors' conv stages build their LayerNorms with the PyTorch default eps (parity README 2.7)."""

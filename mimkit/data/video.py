@@ -25,11 +25,10 @@ import torch
 from PIL import Image
 
 from mimkit.data.sources import IMAGE_EXTENSIONS, SAMPLE_PHOTO_NAMES, ImageFiles, ImageSource
+from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.errors import MimkitError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-CLIP_SOURCES = ("sample_clips", "clips")
-"""``data.source`` values that give clips instead of images."""
 
 
 class DecodedFrames(ImageSource):

@@ -28,9 +28,10 @@ from mimkit.data import (
     pretrain_transform,
 )
 from mimkit.data.sources import ImageSource
-from mimkit.data.video import CLIP_SOURCES, ClipTransform, build_clip_source
+from mimkit.data.video import ClipTransform, build_clip_source
 from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
 from mimkit.engine.config import DataSection, PretrainConfig
+from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.engine.distributed import (
     DistInfo,
     barrier,

@@ -1,16 +1,3 @@
-"""From a pretrained encoder to use: fine-tuning, linear probing and kNN classification."""
-
-from mimkit.eval.classifier import Classifier, layer_decay_param_groups
-from mimkit.eval.knn import knn_evaluate
-from mimkit.eval.loading import load_encoder
-from mimkit.eval.transfer import TransferSummary, finetune, linprobe
-
-__all__ = [
-    "Classifier",
-    "TransferSummary",
-    "finetune",
-    "knn_evaluate",
-    "layer_decay_param_groups",
-    "linprobe",
-    "load_encoder",
-]
+"""From a pretrained encoder to use: fine-tuning and linear probing (:mod:`mimkit.eval.transfer`), kNN
+classification (:mod:`mimkit.eval.knn`), loading encoders (:mod:`mimkit.eval.loading`) and their configurations
+(:mod:`mimkit.eval.config`, which imports no torch)."""

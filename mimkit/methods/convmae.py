@@ -20,9 +20,6 @@ Ablations of Tables 5 and 6 are fields of :class:`ConvMAEConfig`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from mimkit.backbones.build import encoder_from_config
@@ -32,59 +29,12 @@ from mimkit.heads.multiscale_fusion import MultiScaleFusion
 from mimkit.losses import masked_mse
 from mimkit.masking import RandomMask, random_masking
 from mimkit.methods.base import PretrainingModel
+from mimkit.model_configs.convmae import ConvMAEConfig
 from mimkit.patches import grid_size
 from mimkit.targets.pixels import pixel_target
 
 CELLS_PER_TOKEN = 4
 """Stage-1 cells per stage-3 token side (4x4-pixel cells in a 16x16 token)."""
-
-
-@dataclass
-class ConvMAEConfig:
-    """Architecture, masking and loss of a ConvMAE model; every field can be overridden in ``create_model``."""
-
-    img_size: int = 224
-    in_chans: int = 3
-    embed_dims: tuple[int, int, int] = (256, 384, 768)
-    depths: tuple[int, int, int] = (2, 2, 11)
-    num_heads: int = 12
-    mlp_ratios: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    kernel_size: int = 5
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    decoder_mlp_ratio: float | None = None
-    norm_eps: float = 1e-6
-    mask_ratio: float = 0.75
-    masking: Literal["block", "random"] = "block"
-    masked_conv: bool = True
-    multiscale_decoder: bool = True
-    skip_masked_regions: bool = True
-    norm_pix_loss: bool = True
-    drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.embed_dims[2] % self.num_heads:
-            raise ValueError(f"embed_dims[2]={self.embed_dims[2]} must be divisible by num_heads={self.num_heads}")
-        if self.decoder_embed_dim % self.decoder_num_heads or self.decoder_embed_dim % 4:
-            raise ValueError(
-                f"decoder_embed_dim={self.decoder_embed_dim} must be divisible by 4 and by decoder_num_heads"
-            )
-        if self.embed_dims[2] % 4:
-            raise ValueError(f"embed_dims[2]={self.embed_dims[2]} must be divisible by 4 (sin-cos positions)")
-        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
-            raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
-        if self.img_size % TOKEN_SIZE:
-            raise ValueError(f"img_size={self.img_size} must be a multiple of {TOKEN_SIZE}")
-        if self.masking == "random" and not self.masked_conv:
-            raise ValueError("masking='random' needs masked_conv=True (otherwise every pixel is seen)")
-
-    @property
-    def resolved_decoder_mlp_ratio(self) -> float:
-        """The authors' decoder takes the stage-1 MLP ratio (parity README 4, step 7) unless set explicitly."""
-        return self.mlp_ratios[0] if self.decoder_mlp_ratio is None else self.decoder_mlp_ratio
 
 
 class ConvMAE(PretrainingModel):

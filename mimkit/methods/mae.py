@@ -7,8 +7,6 @@ normalized pixels (paper Sec. 3). Numerics follow the authors' released code (pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from mimkit.backbones.build import encoder_from_config
@@ -17,40 +15,9 @@ from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.losses import masked_mse
 from mimkit.masking import random_masking
 from mimkit.methods.base import PretrainingModel
+from mimkit.model_configs.mae import MAEConfig
 from mimkit.patches import grid_size
 from mimkit.targets.pixels import pixel_target
-
-
-@dataclass
-class MAEConfig:
-    """Architecture and loss of an MAE model; every field can be overridden in ``create_model``."""
-
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        for width, heads, name in (
-            (self.embed_dim, self.num_heads, "embed_dim"),
-            (self.decoder_embed_dim, self.decoder_num_heads, "decoder_embed_dim"),
-        ):
-            if width % heads or width % 4:
-                raise ValueError(f"{name}={width} must be divisible by 4 and by its number of heads ({heads})")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size={self.img_size} must be a multiple of patch_size={self.patch_size}")
 
 
 class MAE(PretrainingModel):

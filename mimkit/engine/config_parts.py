@@ -1,0 +1,72 @@
+"""The parts the run configurations are composed of: image data, optimizer and training-loop fields shared by
+pretraining (:mod:`mimkit.engine.config`) and transfer (:mod:`mimkit.eval.config`). Each field and its range
+are written here once; a section redeclares a field only to give it another default, with the same type.
+Importing this module does not import torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mimkit.config_schema import Settings
+from mimkit.config_types import Count, Finite, Fraction, NonNegative, NonNegativeInt, Positive, ZeroToOne
+from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
+
+CLIP_SOURCES = ("sample_clips", "clips")
+"""Data sources that give clips (for video models) rather than images."""
+
+
+@dataclass
+class ImageDataFields(Settings):
+    """How images become model inputs: size, channels, normalization, crop scale; clip sampling; loader
+    workers."""
+
+    img_size: Count = 128
+    in_chans: Literal[1, 3] = 3
+    mean: list[Finite] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[Positive] = field(default_factory=lambda: list(IMAGENET_STD))
+    crop_scale: tuple[Fraction, Fraction] = (0.2, 1.0)
+    """Random-resized-crop area range (share of the image)."""
+    num_frames: Count = 16
+    """Frames per clip (clip sources only); the video model's ``num_frames`` follows it."""
+    frame_stride: Count = 4
+    """Frames between two sampled frames of a clip (VideoMAE: 4 on K400, 2 on SSV2)."""
+    num_workers: NonNegativeInt = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean and std need {self.in_chans} values each (in_chans={self.in_chans})")
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+
+
+@dataclass
+class OptimFields(Settings):
+    """AdamW (or the transfer optimizers) with a per-iteration linear warm-up and cosine decay."""
+
+    base_lr: Positive = 1.5e-3
+    """Learning rate per 256 images: lr = base_lr * effective_batch / 256 (MAE's linear scaling rule)."""
+    min_lr: NonNegative = 0.0
+    """The learning rate the cosine decays to."""
+    weight_decay: NonNegative = 0.05
+    betas: tuple[ZeroToOne, ZeroToOne] = (0.9, 0.95)
+    warmup_epochs: NonNegative = 1.0
+    clip_grad: Positive | None = None
+    """Clip the global gradient norm to this value; null = no clipping (MAE pretraining does not clip)."""
+
+
+@dataclass
+class LoopFields(Settings):
+    """The training loop: schedule length, batch, precision, device, seed, stopping and logging."""
+
+    epochs: Count = 16
+    batch_size: Count = 32
+    """Images per process per step."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16`` autocast on GPUs; on CPUs without native bf16 it is very slow."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: NonNegativeInt = 0
+    max_steps: Count | None = None
+    """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""
+    log_every: Count = 10
