@@ -1,22 +1,30 @@
-"""The ``mimkit`` command line. Thin by design: every command calls a library function."""
+"""The ``mimkit`` command line. Thin by design: every command calls a library function.
+
+Arguments are parsed and configs validated before torch and the models are imported, so ``--help``, ``--version``
+and a config mistake answer at once. Every user mistake ends in one ``error: ...`` line and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
-from mimkit.config_paths import resolve_config_path
+from mimkit import __version__
+from mimkit.config_paths import packaged_configs, resolve_config_path
 from mimkit.errors import MimkitError
 from mimkit.runtime import keep_freed_memory
+
+USER_MISTAKE = 2
+"""Exit code of a user mistake (as argparse uses for a bad command line)."""
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from mimkit.config_schema import load_yaml
-    from mimkit.data.video import CLIP_SOURCES
     from mimkit.engine.config import load_pretrain_config
-    from mimkit.engine.pretrain import pretrain
+    from mimkit.engine.config_parts import CLIP_SOURCES
 
     overrides = list(args.overrides)
     config_path = resolve_config_path(args.config)
@@ -28,6 +36,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"output={args.output}")
     config = load_pretrain_config(config_path, overrides)
+
+    from mimkit.engine.pretrain import pretrain
+
     summary = pretrain(config, resume=args.resume)
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
@@ -49,9 +60,11 @@ def _transfer_overrides(args: argparse.Namespace) -> list[str]:
 
 def _transfer(args: argparse.Namespace) -> int:
     from mimkit.eval.config import load_transfer_config
-    from mimkit.eval.transfer import TransferTrainer
 
     config = load_transfer_config(args.command, resolve_config_path(args.config), _transfer_overrides(args))
+
+    from mimkit.eval.transfer import TransferTrainer
+
     summary = TransferTrainer(config).run()
     print(
         f"done: {summary.steps} steps in {summary.seconds:.1f} s; val top-1 {summary.last_top1:.2f}% "
@@ -64,9 +77,12 @@ def _transfer(args: argparse.Namespace) -> int:
 
 def _knn(args: argparse.Namespace) -> int:
     from mimkit.eval.config import load_knn_config
+
+    config = load_knn_config(resolve_config_path(args.config), _transfer_overrides(args))
+
     from mimkit.eval.knn import knn_evaluate
 
-    result = knn_evaluate(load_knn_config(resolve_config_path(args.config), _transfer_overrides(args)))
+    result = knn_evaluate(config)
     print(
         f"kNN: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.train_images} training, "
         f"{result.val_images} validation images, {result.seconds:.1f} s)"
@@ -81,7 +97,7 @@ def _export(args: argparse.Namespace) -> int:
     extra = "".join(f", {key}={value!r}" for key, value in fields.items())
     print(f"encoder written to {path}; load it with")
     print(f"  timm.create_model('{timm_name}', pretrained=True, pretrained_cfg_overlay=dict(file='{path}'){extra})")
-    print("after `import mimkit` (add num_classes=N for a classifier, features_only=True for multi-scale maps)")
+    print("after `import mimkit.export` (add num_classes=N for a classifier, features_only=True for multi-scale maps)")
     return 0
 
 
@@ -143,12 +159,29 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    recipes = packaged_configs()
+    width = max(len(name) for name, _ in recipes)
+    for name, summary in recipes:
+        print(f"{name:<{width}}  {summary}")
+    print(f"\n{len(recipes)} recipes; run one with `mimkit pretrain --config NAME` (finetune/...: `mimkit finetune`)")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (with exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(USER_MISTAKE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimkit", description="Masked-image-modeling pretraining.")
+    parser = _Parser(prog="mimkit", description="Masked-image-modeling pretraining.")
+    parser.add_argument("--version", action="version", version=f"mimkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pre = commands.add_parser("pretrain", help="pretrain a model (default: tiny MAE on the sample photos)")
-    pre.add_argument("--config", help="YAML config: a path, or a name under configs/ such as mae/vit_base_800ep")
+    pre.add_argument("--config", help="YAML config: a path, or a packaged recipe such as mae/vit_base_800ep")
     pre.add_argument(
         "--data",
         help="a folder of images, or of clips for a video config (sets data.source=folder|clips and data.path)",
@@ -173,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("knn", "weighted kNN classification on frozen features"),
     ):
         sub = commands.add_parser(command, help=text)
-        sub.add_argument("--config", help="YAML config: a path, or a name under configs/ such as finetune/...")
+        sub.add_argument("--config", help="YAML config: a path, or a packaged recipe such as finetune/...")
         sub.add_argument("--checkpoint", help="pretrained weights: a mimkit checkpoint or an authors' release")
         sub.add_argument("--output", help="output directory (knn: a JSON file for the result)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
@@ -220,17 +253,60 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--output", default="reconstruction.png", help="PNG to write")
     viz.add_argument("--seed", type=int, default=0, help="seed of the random mask")
     viz.set_defaults(handler=_visualize)
+
+    recipes = commands.add_parser("configs", help="list the packaged recipes (names for --config)")
+    recipes.set_defaults(handler=_configs)
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere after the command, also after options."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if extra and (stray or not hasattr(args, "overrides")):
+        parser.exit(
+            USER_MISTAKE,
+            f"error: unrecognized arguments: {' '.join(stray or extra)} (see `mimkit {args.command} --help`)\n",
+        )
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do about it."""
+    where = f"{err.filename}: " if err.filename else ""
+    reason = err.strerror or str(err)
+    fixes = {
+        errno.ENOSPC: "free some disk space or choose another --output",
+        errno.EDQUOT: "free some disk space or choose another --output",
+        errno.EACCES: "choose a folder you can write to",
+        errno.EPERM: "choose a folder you can write to",
+        errno.EROFS: "choose a folder on a writable file system",
+        errno.ENOTDIR: "a path component is a file; choose another path",
+        errno.EEXIST: "a file is in the way; choose another path",
+        errno.EISDIR: "a folder is in the way; name a file",
+    }
+    fix = fixes.get(err.errno, "check the path and try again")
+    return f"{where}{reason}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     keep_freed_memory()
     try:
         return args.handler(args)
-    except (MimkitError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except MimkitError as err:
+        message = str(err)
+    except FileNotFoundError as err:
+        message = str(err) if not err.filename else f"{err.filename}: not found"
+    except OSError as err:
+        message = _os_error_line(err)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return USER_MISTAKE
 
 
 if __name__ == "__main__":

@@ -1,18 +1,34 @@
-"""Where a config named on the command line or by a benchmark lives."""
+"""Where a config named on the command line or by a benchmark lives: a file path, or a recipe packaged with mimkit
+(``mae/vit_base_800ep`` is ``mimkit/configs/mae/vit_base_800ep.yaml``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from mimkit.config_schema import ConfigError
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def resolve_config_path(name: str | None) -> str | None:
-    """A config path as given, or relative to the repository's ``configs/`` folder (``mae/vit_base.yaml``)."""
+    """A config path as given, or the packaged recipe of that name (with or without ``.yaml``)."""
     if name is None or Path(name).exists():
         return name
-    candidate = REPO_CONFIGS / name
+    candidate = PACKAGED_CONFIGS / name
     for path in (candidate, candidate.with_suffix(".yaml")):
-        if path.exists():
+        if path.is_file():
             return str(path)
-    return name
+    raise ConfigError(
+        f"config '{name}' is neither a file nor a packaged recipe; `mimkit configs` lists the recipes "
+        "(e.g. --config mae/vit_base_800ep)"
+    )
+
+
+def packaged_configs() -> list[tuple[str, str]]:
+    """``(name, first line of its leading comment)`` of every packaged recipe, sorted by name."""
+    recipes = []
+    for path in sorted(PACKAGED_CONFIGS.rglob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
+        summary = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        recipes.append((path.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix(), summary))
+    return recipes

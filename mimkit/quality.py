@@ -1,11 +1,11 @@
 """The quality benchmark (``mimkit bench --quality``): what pretraining buys on Fashion-MNIST.
 
-Each method's config under ``configs/<method>/*_quality_fashion_mnist.yaml`` is pretrained on the 60k training
+Each method's config under ``<method>/*_quality_fashion_mnist`` is pretrained on the 60k training
 images without labels for a fixed budget of optimizer steps. At several points of that run (step 0 = the random
 init) the frozen encoder is scored by weighted kNN and a linear probe on the 10k test images, and the pretraining
 model by its masked-reconstruction loss on held-out test images under fixed masks. At the end the whole encoder is
 fine-tuned with 1% and 10% of the training labels, from the pretrained weights and from a random init, with the
-same recipe (``configs/finetune/quality_fashion_mnist.yaml``). A linear classifier on raw pixels is the baseline.
+same recipe (``finetune/quality_fashion_mnist``). A linear classifier on raw pixels is the baseline.
 """
 
 from __future__ import annotations

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-exec .venv/bin/mimkit pretrain --config configs/mae/vit_tiny_samples.yaml "$@"
+exec .venv/bin/mimkit pretrain --config mae/vit_tiny_samples "$@"

@@ -82,7 +82,7 @@ def test_shipped_configs_validate(tmp_path):
     from mimkit.eval.loading import load_encoder
     from tests.teacher_files import with_test_teachers
 
-    root = Path(__file__).parent.parent / "configs"
+    root = Path(__file__).parent.parent / "mimkit" / "configs"
     pretraining = sorted(p for p in root.rglob("*.yaml") if p.parent.name != "finetune")
     transfer = sorted((root / "finetune").glob("*.yaml"))
     assert pretraining and transfer

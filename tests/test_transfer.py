@@ -10,6 +10,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 import mimkit
 from mimkit.cli import main
+from mimkit.config_paths import resolve_config_path
 from mimkit.config_schema import ConfigError, to_dict
 from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.checkpoint import save_checkpoint
@@ -20,7 +21,6 @@ from mimkit.eval.knn import knn_predict
 from mimkit.eval.loading import load_encoder
 from mimkit.eval.transfer import TransferTrainer
 from mimkit.official.mae import mae_config_from_official
-from tests.conftest import REPO_ROOT
 from tests.parity_cases import discover
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -118,7 +118,7 @@ def test_bad_transfer_configs_name_the_field(tmp_path):
     with pytest.raises(MimkitError, match="needs data.train_path and data.val_path"):
         TransferTrainer(load_transfer_config("finetune", None, ["data.source=folder"]))
     with pytest.raises(ConfigError, match="run it with `mimkit linprobe`"):
-        load_transfer_config("finetune", str(REPO_ROOT / "configs" / "finetune" / "mae_vit_base_linprobe.yaml"))
+        load_transfer_config("finetune", resolve_config_path("finetune/mae_vit_base_linprobe"))
     with pytest.raises(ConfigError, match="unknown model 'vit_gigantic'"):
         load_knn_config(None, ["model.name=vit_gigantic"])
 

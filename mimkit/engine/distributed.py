@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mimkit.errors import MimkitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -24,7 +26,7 @@ class DistInfo:
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error, not a silent fallback."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        raise MimkitError("train.device is 'cuda' but no CUDA device is visible; use train.device=auto or cpu")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank)

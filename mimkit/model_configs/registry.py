@@ -179,7 +179,7 @@ register_model("localmim_swin_base", LOCALMIM, LocalMIMSwinConfig())
 # MR-MAE (paper 003): MAE's ViT-B/16 with its 8-block 512-wide decoder, mask ratio 0.75, mimicking the CLIP
 # ViT-B/16 image tower (Sec. 4.1 default teacher) on the student's 14x14 grid; loss 0.5 L_M + 0.5 L_R. The teacher
 # weights file is a path the user sets (model.args.teacher.weights). `mrmae_vit_base` is Table 3's second row
-# (no tricks); the recipes in configs/mrmae turn the tricks on. The tiny one is for CPU work and tests.
+# (no tricks); the mrmae/ recipes turn the tricks on. The tiny one is for CPU work and tests.
 CLIP_B16 = TeacherConfig(kind="timm_vit", name="vit_base_patch16_clip_224.openai")
 register_model(
     "mrmae_vit_tiny",
