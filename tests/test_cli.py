@@ -118,6 +118,7 @@ def test_a_bad_command_line_is_one_line(capsys):
         ("linprobe", "optim.momentum=-0.9", "optim.momentum"),
         ("finetune", "data.label_fraction=0", "data.label_fraction"),
         ("finetune", "data.train_limit=0", "data.train_limit"),
+        ("finetune", "train.eval_every=-1", "train.eval_every"),
         ("knn", "k=0", "k"),
         ("knn", "temperature=0", "temperature"),
     ],

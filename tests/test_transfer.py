@@ -113,7 +113,7 @@ def test_authors_checkpoint_gives_its_encoder(case):
 def test_bad_transfer_configs_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="'train': batch_size must be even"):
         load_transfer_config("finetune", None, ["train.batch_size=7"])
-    with pytest.raises(ConfigError, match="'optim': layer_decay must be in"):
+    with pytest.raises(ConfigError, match="'optim.layer_decay': must be in"):
         load_transfer_config("finetune", None, ["optim.layer_decay=1.5"])
     with pytest.raises(MimkitError, match="needs data.train_path and data.val_path"):
         TransferTrainer(load_transfer_config("finetune", None, ["data.source=folder"]))
