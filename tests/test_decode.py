@@ -191,3 +191,22 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path, side):
     with pytest.raises(OSError, match="exceeds limit"):
         ImageFiles([tmp_path / "bomb.png"]).load(0)
 
+
+
+def test_a_file_pillow_fails_on_with_an_odd_error_is_skipped_not_fatal(tmp_path):
+    """Pillow raises ``TypeError`` for a TIFF whose strip offsets are typed as fractions: unreadable, skipped."""
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, np.ones(SHAPE, dtype=np.int16))
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"II*\x00"
+    ifd = int.from_bytes(data[4:8], "little")
+    for entry in range(int.from_bytes(data[ifd : ifd + 2], "little")):
+        at = ifd + 2 + 12 * entry
+        if int.from_bytes(data[at : at + 2], "little") == 273:  # StripOffsets
+            data[at + 2 : at + 4] = (10).to_bytes(2, "little")  # type SRATIONAL
+    path.write_bytes(bytes(data))
+    Image.new("L", (8, 8), 50).save(tmp_path / "z_good.png")
+    files = ImageFiles([path, tmp_path / "z_good.png"])
+    batch, skipped = load_readable(files, eval_transform(8, 1, [0.5], [0.25]))
+    assert batch is not None and len(batch) == 1
+    assert len(skipped) == 1 and "odd.tif" in skipped[0]

@@ -21,7 +21,9 @@ image), with these rules:
 * A file whose header claims more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is refused before anything is
   decoded (Pillow's decompression-bomb warning counts as an error, not only its error at twice the limit).
 
-Whatever cannot be decoded raises one of :data:`UNREADABLE_IMAGE_ERRORS`; the data pipeline skips and counts it.
+Whatever cannot be decoded raises one of :data:`UNREADABLE_IMAGE_ERRORS` (any other error while decoding a file
+becomes an ``OSError``: Pillow fails on some corrupt files with e.g. ``TypeError``); the data pipeline skips and
+counts it.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def open_image(path: str | Path) -> Image.Image:
             with Image.open(path) as image:
                 sample_type = _stored_sample_type(image)
                 return to_8bit(ImageOps.exif_transpose(image), sample_type)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise OSError(f"not decoded: {err}") from err
+    except UNREADABLE_IMAGE_ERRORS:
+        raise
+    except Exception as err:  # decompression bombs, and Pillow failing on some corrupt files with any error type
+        raise OSError(f"cannot decode ({type(err).__name__}: {err})") from err
 
 
 def _stored_sample_type(image: Image.Image) -> np.dtype | None:
