@@ -51,6 +51,14 @@ def test_16bit_gray_png_is_scaled_by_65535(tmp_path):
     np.testing.assert_array_equal(decoded, scaled(pixels, 65535))
 
 
+def test_big_endian_16bit_gray_is_scaled_by_65535():
+    pixels = RNG.integers(0, 65536, SHAPE, dtype=np.uint16)
+    image = Image.frombytes("I;16B", SHAPE[::-1], pixels.astype(">u2").tobytes())
+    decoded = ConvertMode(1)(image)
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), scaled(pixels, 65535))
+
+
 def test_16bit_rgb_png_keeps_its_colours(tmp_path):
     pixels = RNG.integers(0, 65536, (*SHAPE, 3), dtype=np.uint16)
     (tmp_path / "rgb16.png").write_bytes(png16(pixels))
@@ -59,13 +67,18 @@ def test_16bit_rgb_png_keeps_its_colours(tmp_path):
     assert_within_one_level(decoded, scaled(pixels, 65535))  # Pillow keeps the high byte
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint32, np.int32, np.int8])
-def test_integer_tiffs_are_scaled_by_their_types_range(tmp_path, dtype):
+INTEGER_TIFFS = [(dtype, "<") for dtype in (np.uint16, np.int16, np.uint32, np.int32, np.int8)] + [
+    (dtype, ">") for dtype in (np.uint16, np.int16, np.int32)  # Pillow cannot open big-endian uint32 at all
+]
+
+
+@pytest.mark.parametrize(("dtype", "byteorder"), INTEGER_TIFFS)
+def test_integer_tiffs_are_scaled_by_their_types_range(tmp_path, dtype, byteorder):
     """Unsigned: 0..max is black..white; signed: negatives clip to black, 0..max is black..white."""
     info = np.iinfo(dtype)
     pixels = RNG.integers(info.min, info.max, SHAPE, dtype=dtype, endpoint=True)
     pixels[0, :3] = (info.min, 0, info.max)
-    tifffile.imwrite(tmp_path / "ints.tif", pixels)
+    tifffile.imwrite(tmp_path / "ints.tif", pixels, byteorder=byteorder)
     mode, decoded = decode(tmp_path / "ints.tif")
     assert mode == "L"
     np.testing.assert_array_equal(decoded, scaled(pixels, info.max))

@@ -97,8 +97,8 @@ def _scaled_gray(image: Image.Image, sample_type: np.dtype | None) -> Image.Imag
             raise ValueError("the image holds NaN or infinite pixel values")
         unit = pixels.astype(np.float64)
     else:
-        if sample_type is not None and sample_type.itemsize == pixels.dtype.itemsize:
-            pixels = pixels.view(sample_type)
+        if sample_type is not None and sample_type.itemsize == pixels.dtype.itemsize:  # e.g. uint32 read as int32
+            pixels = pixels.view(sample_type.newbyteorder(pixels.dtype.byteorder))
         if pixels.dtype == np.uint8:
             return image
         unit = pixels / np.iinfo(pixels.dtype if sample_type is None else sample_type).max
