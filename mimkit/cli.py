@@ -242,9 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/quality", help="--quality: output folder (default: runs/quality)")
     bench.add_argument("--finetune-steps", type=int, default=300, help="--quality: steps per fine-tuning run")
     bench.add_argument(
-        "--train-images", type=int, help="--quality: score with the first N training images only (quick checks)"
+        "--train-images",
+        type=int,
+        help="--quality: score with N training images only, class-balanced and seeded (quick checks)",
     )
-    bench.add_argument("--test-images", type=int, help="--quality: score on the first N test images only")
+    bench.add_argument(
+        "--test-images", type=int, help="--quality: score on N test images only, class-balanced and seeded"
+    )
     bench.set_defaults(handler=_bench)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")

@@ -11,3 +11,7 @@ class NonFiniteLossError(MimkitError):
 
 class CheckpointError(MimkitError, ValueError):
     """A file that is not a readable checkpoint of the expected kind."""
+
+
+class DataError(MimkitError):
+    """Input data that cannot be used: a folder without images, no readable image at all, a bad data subset."""

@@ -30,7 +30,7 @@ from mimkit.engine.config import PretrainConfig, load_pretrain_config
 from mimkit.engine.pretrain import Pretrainer, build_pretrain_model, pretrain
 from mimkit.errors import MimkitError
 from mimkit.eval.config import load_transfer_config
-from mimkit.eval.data import Subset, balanced_label_subset
+from mimkit.eval.data import balanced_label_subset, class_balanced_limit
 from mimkit.eval.knn import knn_predict, normalized_features
 from mimkit.eval.transfer import TransferTrainer
 from mimkit.methods.base import PretrainingModel
@@ -63,9 +63,10 @@ class QualitySettings:
     probe_iterations: int = 100
     probe_l2: float = 1e-4
     train_images: int | None = None
-    """Use only the first N training images for kNN, the probe and the label subsets (None: all 60k)."""
+    """Use only N training images (class-balanced, seeded) for kNN, the probe and the label subsets (None: all
+    60k)."""
     test_images: int | None = None
-    """Score on the first N test images only (None: all 10k)."""
+    """Score on N test images only (class-balanced, seeded; None: all 10k)."""
     data_path: str | None = None
     """The Fashion-MNIST idx folder (None: Debian's location)."""
     seed: int = 0
@@ -148,9 +149,11 @@ def method_config(method: str, settings: QualitySettings, output: Path) -> Pretr
 
 
 def labelled_split(settings: QualitySettings, split: str, limit: int | None) -> ImageSource:
-    """Fashion-MNIST's ``split``, its first ``limit`` images when set."""
+    """Fashion-MNIST's ``split``; when ``limit`` is set, that many of its images, class-balanced and drawn with
+    the benchmark's seed (the subset fine-tuning's ``data.train_limit``/``val_limit`` then picks too)."""
     source = FashionMNIST(settings.data_path, split)
-    return Subset(source, range(min(limit, len(source)))) if limit else source
+    option = "--train-images" if split == "train" else "--test-images"
+    return class_balanced_limit(source, limit, settings.seed, option) if limit else source
 
 
 def transformed_split(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +21,57 @@ def parity_dir() -> Path:
 
 @dataclass
 class ParityCase:
+    """One case: its JSON (``spec``) and the folder of its safetensors files. The tests take every size and setting
+    from here (batch, image size, loss setting, token grids), so any case in the documented format is checked."""
+
     name: str
     spec: dict
     folder: Path
 
     def tensors(self, role: str) -> dict:
-        """Load the case's ``weights``, ``inputs`` or ``outputs`` file, named in the case JSON."""
+        """Load the case's ``weights``, ``inputs`` or ``outputs`` file, named in the case JSON, and check that it
+        holds exactly the tensors, shapes and dtypes the JSON lists (inputs: images of ``batch`` x ``image_size``)."""
         files = [f for f in self.spec["files"] if f.endswith(f"_{role}.safetensors")]
         if len(files) != 1:
             raise AssertionError(f"case {self.name} names no unique {role} file: {list(self.spec['files'])}")
-        return load_file(str(self.folder / files[0]))
+        tensors = load_file(str(self.folder / files[0]))
+        listing = self.spec["files"][files[0]]
+        assert set(tensors) == set(listing), f"{files[0]} holds other tensors than the case lists"
+        for key, tensor in tensors.items():
+            assert list(tensor.shape) == listing[key]["shape"], f"{files[0]}: {key} is {list(tensor.shape)}"
+            assert str(tensor.dtype).removeprefix("torch.") == listing[key]["dtype"], f"{files[0]}: {key} dtype"
+        if role == "inputs":
+            assert tensors["images"].shape[0] == self.batch
+            assert tensors["images"].shape[-2:] == (self.image_size, self.image_size)
+        return tensors
+
+    @property
+    def batch(self) -> int:
+        return self.spec["batch"]
+
+    @property
+    def image_size(self) -> int:
+        return self.spec["image_size"]
+
+    @property
+    def norm_pix_loss(self) -> bool:
+        """The primary loss setting (``primary_loss_setting``); the constructor arguments may not contradict it."""
+        setting = bool(self.spec["primary_loss_setting"]["norm_pix_loss"])
+        assert self.spec["constructor_args"].get("norm_pix_loss", setting) == setting, "the case contradicts itself"
+        return setting
+
+    def loss_key(self, precision: str, norm_pix: bool | None = None) -> str:
+        """The stored name of the loss with ``norm_pix`` (default: the primary setting, the loss whose gradient norms
+        the case holds): ``loss_normpix_<precision>`` or ``loss_pixel_<precision>``."""
+        norm_pix = self.norm_pix_loss if norm_pix is None else norm_pix
+        return f"loss_{'normpix' if norm_pix else 'pixel'}_{precision}"
+
+
+def grid_side(tokens: int) -> int:
+    """The side of a square token grid of ``tokens`` tokens."""
+    side = math.isqrt(tokens)
+    assert side * side == tokens, f"{tokens} tokens are not a square grid"
+    return side
 
 
 def discover(method: str) -> list:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mimkit.cli import main
 from mimkit.data import (
     AugmentedDataset,
     ImageFolder,
@@ -16,6 +17,9 @@ from mimkit.data import (
     pretrain_transform,
 )
 from mimkit.data.sources import FASHION_MNIST_DIR, FashionMNIST, build_source
+from mimkit.errors import DataError
+from tests.conftest import tiny_overrides
+from tests.image_files import png_header
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -41,11 +45,11 @@ def test_flat_folder_needs_no_labels(tmp_path):
 
 
 def test_empty_or_missing_folder_errors(tmp_path):
-    with pytest.raises(ValueError, match="no images found"):
+    with pytest.raises(DataError, match="no images found"):
         ImageFolder(tmp_path)
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         ImageFolder(tmp_path / "nope")
-    with pytest.raises(ValueError, match="needs data.path"):
+    with pytest.raises(DataError, match="needs data.path"):
         build_source("folder")
 
 
@@ -69,9 +73,78 @@ def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path):
 
 def test_no_readable_image_at_all_is_a_clear_error(tmp_path):
     (tmp_path / "a.png").write_bytes(b"nope")
-    dataset = AugmentedDataset(ImageFolder(tmp_path), pretrain_transform(32, 3, MEAN, STD))
-    with pytest.raises(RuntimeError, match="none of the 1 images could be read"):
-        dataset[(0, 0)]
+    with pytest.raises(DataError, match=f"none of the 1 images under {tmp_path} could be read"):
+        AugmentedDataset(ImageFolder(tmp_path), pretrain_transform(32, 3, MEAN, STD))
+
+
+def _images_then(folder, *bad_names: str) -> None:
+    """Three readable images in ``folder`` plus a decompression bomb under each of ``bad_names``."""
+    for k in range(3):
+        _write_png(folder / f"good{k}.png", size=(48, 40), color=(60 * k, 100, 200))
+    for name in bad_names:
+        (folder / name).write_bytes(png_header(100_000, 100_000))
+
+
+def _pretrain(tmp_path, data, *extra: str) -> int:
+    overrides = tiny_overrides(tmp_path / "run", "data.source=folder", "train.epochs=1", "data.samples_per_epoch=8")
+    return main(["pretrain", "--data", str(data), *overrides, "train.batch_size=4", *extra])
+
+
+def test_pretraining_skips_and_counts_a_decompression_bomb(tmp_path, capsys):
+    _images_then(tmp_path / "images", "a_bomb.png")
+    assert _pretrain(tmp_path, tmp_path / "images") == 0
+    out = capsys.readouterr().out
+    assert "warning: skipped" in out
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
+
+
+def test_visualize_skips_a_decompression_bomb_and_draws_the_rest(tmp_path, capsys):
+    assert main(["pretrain", *tiny_overrides(tmp_path / "run", "train.max_steps=1", "train.visualize_images=0")]) == 0
+    _images_then(tmp_path / "images", "a_bomb.png")
+    (tmp_path / "images" / "good1.png").unlink()
+    (tmp_path / "images" / "good2.png").unlink()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    grid = tmp_path / "grid.png"
+    capsys.readouterr()
+    args = ["visualize", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "images"), "--output", str(grid)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s)" in out and "a_bomb.png" in out and "exceeds limit" in out
+    assert grid.is_file() and grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _corrupt_images(folder) -> None:
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not an image")
+    _write_png(folder / "b.png", size=(64, 64))
+    data = (folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(data[: len(data) // 2])
+    (folder / "c.png").write_bytes(png_header(100_000, 100_000))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda folder: folder.mkdir(), "no images found under"),
+        (lambda folder: (folder.mkdir(), (folder / "notes.txt").write_text("hello")), "no images found under"),
+        (_corrupt_images, "none of the 3 images under"),
+    ],
+    ids=["empty", "no-images", "all-corrupt"],
+)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pretraining_on_unusable_data_is_one_error_line(tmp_path, capsys, make, message, workers):
+    make(tmp_path / "data")
+    assert _pretrain(tmp_path, tmp_path / "data", f"data.num_workers={workers}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err and str(tmp_path / "data") in err
+
+
+def test_pretraining_on_a_file_instead_of_a_folder_is_one_error_line(tmp_path, capsys):
+    _write_png(tmp_path / "one.png")
+    assert _pretrain(tmp_path, tmp_path / "one.png") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is a file" in err
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index():

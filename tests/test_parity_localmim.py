@@ -1,4 +1,8 @@
-"""LocalMIM parity against tensors produced by the authors' released ViT code (parity README 6)."""
+"""LocalMIM parity against tensors produced by the authors' released ViT code (parity README 6).
+
+The scales checked are the case's (``decoder_scales``), fed by the blocks it lists
+(``encoder_block_ids_feeding_decoders``), which the model's taps must equal.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,12 @@ def _build(case, dtype: torch.dtype) -> tuple[LocalMIM, dict, dict]:
     fields = localmim_config_from_official(case.spec["constructor_args"], case.spec["mask_ratio"])
     model = LocalMIM(model_config("localmim_vit_base", **fields))
     load_localmim_weights(model, case.tensors("weights"))
+    assert list(model.taps) == case.spec["encoder_block_ids_feeding_decoders"]
     return model.to(dtype), case.tensors("inputs"), case.tensors("outputs")
+
+
+def _scales(case) -> range:
+    return range(len(case.spec["decoder_scales"]))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -29,7 +38,7 @@ def test_parity_localmim_masks_and_hog_targets_are_exact(case):
         out = model(inputs["images"], noise=inputs["noise"])
     assert torch.equal(out["mask"], inputs["mask"])
     assert torch.equal(out["ids_restore"], inputs["ids_restore"])
-    for k in range(len(model.taps)):
+    for k in _scales(case):
         assert torch.equal(out[f"mask{k}"], inputs[f"mask_scale{k}"]), k
         assert torch.equal(out[f"target{k}"], outputs[f"hog_target{k}_f32"]), k
 
@@ -39,7 +48,7 @@ def test_parity_localmim_float32(case):
     model, inputs, outputs = _build(case, torch.float32)
     with torch.no_grad():
         out = model(inputs["images"], noise=inputs["noise"])
-    for k in range(len(model.taps)):
+    for k in _scales(case):
         assert (out[f"pred{k}"].double() - outputs[f"pred{k}_f64"]).abs().max().item() <= 1e-5, k
         assert abs(out[f"loss_tap{k}"].item() - outputs[f"loss_scale{k}_f32"].item()) <= 1e-5, k
         assert abs(out[f"loss_tap{k}"].item() - outputs[f"loss_scale{k}_f64"].item()) <= 1e-5, k
@@ -54,7 +63,7 @@ def test_parity_localmim_float64_latents_predictions_losses_and_gradients(case):
     model, inputs, outputs = _build(case, torch.float64)
     images = inputs["images"].double()
     out = model(images, noise=inputs["noise"])
-    for k in range(len(model.taps)):
+    for k in _scales(case):
         assert (out[f"pred{k}"] - outputs[f"pred{k}_f64"]).abs().max().item() <= 1e-10, k
         assert abs(out[f"loss_tap{k}"].item() - outputs[f"loss_scale{k}_f64"].item()) <= 1e-12, k
     assert abs(out["loss"].item() - outputs["loss_f64"].item()) <= 1e-12
@@ -75,7 +84,7 @@ def test_hog_biases_of_the_vit_l_recipe_load_per_scale_and_kernels_are_checked(c
     fields = localmim_config_from_official({**case.spec["constructor_args"], "hog_bias": True}, case.spec["mask_ratio"])
     model = LocalMIM(model_config("localmim_vit_base", **fields))
     weights = case.tensors("weights")
-    biases = {f"hog_enc.{k}.conv.bias": torch.tensor([0.1 * (k + 1), -0.2]) for k in range(4)}
+    biases = {f"hog_enc.{k}.conv.bias": torch.tensor([0.1 * (k + 1), -0.2]) for k in _scales(case)}
     load_localmim_weights(model, {**weights, **biases})
     assert torch.equal(model.hog.bias, torch.stack(list(biases.values())))
     images = case.tensors("inputs")["images"]

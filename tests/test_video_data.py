@@ -99,7 +99,7 @@ def test_an_unreadable_frame_skips_its_clip_and_is_counted(tmp_path):
 
 def test_an_empty_clip_folder_says_what_it_expects(tmp_path):
     (tmp_path / "notes.txt").write_text("no clips here")
-    with pytest.raises(ValueError, match="no clips found.*video files"):
+    with pytest.raises(MimkitError, match="no clips found.*video files"):
         ClipFolder(tmp_path)
 
 

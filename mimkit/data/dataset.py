@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from mimkit.data.sources import UNREADABLE_IMAGE_ERRORS, ImageSource
+from mimkit.data.decode import UNREADABLE_IMAGE_ERRORS
+from mimkit.data.sources import ImageSource
+from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
     """Indexed by ``(epoch, index)`` pairs (see :class:`~mimkit.data.sampler.StepSampler`).
 
     An unreadable or truncated image is replaced by the next readable one and counted in the item's
-    ``skipped`` field; if no image at all can be read, a clear error is raised.
+    ``skipped`` field. Construction already reads the first readable item, so a source with no readable image
+    at all fails there, in the calling process, with a :class:`~mimkit.errors.DataError` (raised inside a
+    DataLoader worker, the error would come back wrapped in the worker's traceback).
     """
 
     def __init__(self, source: ImageSource, transform: Callable, seed: int = 0) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
+        self[(0, 0)]  # raises now when nothing at all is readable
 
     def __len__(self) -> int:
         return len(self.source)
@@ -56,7 +61,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        skipped = 0
+        skipped, first_error = 0, ""
         for attempt in range(len(self.source)):
             position = (index + attempt) % len(self.source)
             try:
@@ -66,10 +71,15 @@ class AugmentedDataset(torch.utils.data.Dataset):
             except UNREADABLE_IMAGE_ERRORS as err:
                 log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)
                 skipped += 1
+                first_error = first_error or f"{self.source.name_of(position)}: {err}"
                 continue
             label = self.source.labels[position] if self.source.labels is not None else -1
             return {"image": tensor, "label": label, "index": position, "skipped": skipped}
-        raise RuntimeError(f"none of the {len(self.source)} images could be read")
+        where = f" under {self.source.root}" if self.source.root is not None else ""
+        raise DataError(
+            f"none of the {len(self.source)} images{where} could be read (first failure: {first_error or 'none'}); "
+            "replace or remove the broken files, or point the data path at readable images"
+        )
 
 
 def collate_items(items: list[dict]) -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# What PIL raises for a file that is not an image, is truncated, or is corrupt inside.
-UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
+from mimkit.data.decode import open_image
+from mimkit.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -54,6 +55,8 @@ class ImageSource:
 
     labels: list[int] | None = None
     class_names: list[str] | None = None
+    root: Path | None = None
+    """The folder the items come from, when there is one (named in error messages)."""
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -65,8 +68,18 @@ class ImageSource:
         return f"{type(self).__name__}[{index}]"
 
 
+def existing_folder(root: str | Path, kind: str) -> Path:
+    """``root`` as a path, or a clear error when it is missing or not a folder (``kind``: image, clip)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{kind} folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file; point the data path at the folder that holds the {kind}s")
+    return root
+
+
 class ImageFiles(ImageSource):
-    """A list of image files, loaded on demand."""
+    """A list of image files, decoded on demand by :func:`~mimkit.data.decode.open_image`."""
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = list(paths)
@@ -75,9 +88,7 @@ class ImageFiles(ImageSource):
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.paths[index]) as image:
-            image.load()
-            return image.copy()
+        return open_image(self.paths[index])
 
     def name_of(self, index: int) -> str:
         return str(self.paths[index])
@@ -88,14 +99,15 @@ class ImageFolder(ImageFiles):
     in such sub-folders; a flat folder has no labels (fine for pretraining)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
+        self.root = existing_folder(root, "image")
         super().__init__(
             sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         )
         if not self.paths:
-            raise ValueError(f"no images found under {self.root} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"no images found under {self.root} (searched recursively for {' '.join(IMAGE_EXTENSIONS)}); "
+                "point --data (data.path) at a folder that holds images"
+            )
         top = [p.relative_to(self.root).parts for p in self.paths]
         if all(len(parts) > 1 for parts in top):
             self.class_names = sorted({parts[0] for parts in top})
@@ -171,7 +183,7 @@ def build_source(kind: str, path: str | None = None, split: str = "train") -> Im
         return SamplePhotos()
     if kind == "folder":
         if not path:
-            raise ValueError("data.source 'folder' needs data.path (or --data PATH) naming a folder of images")
+            raise DataError("data.source 'folder' needs data.path (or --data PATH) naming a folder of images")
         return ImageFolder(path)
     if kind == "fashion_mnist":
         return FashionMNIST(path, split)

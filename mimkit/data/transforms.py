@@ -6,9 +6,12 @@ from collections.abc import Sequence
 
 from torchvision import transforms as T
 
+from mimkit.data.decode import to_8bit
+
 
 class ConvertMode:
-    """Convert a PIL image to grayscale (``in_chans=1``) or RGB (``in_chans=3``); picklable for workers."""
+    """Convert a PIL image of any mode to 8-bit grayscale (``in_chans=1``) or RGB (``in_chans=3``) by the rules of
+    :mod:`mimkit.data.decode`; picklable for workers."""
 
     def __init__(self, in_chans: int) -> None:
         modes = {1: "L", 3: "RGB"}
@@ -17,7 +20,7 @@ class ConvertMode:
         self.mode = modes[in_chans]
 
     def __call__(self, image):
-        return image.convert(self.mode)
+        return to_8bit(image).convert(self.mode)
 
 
 def pretrain_transform(

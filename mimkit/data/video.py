@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mimkit.data.sources import IMAGE_EXTENSIONS, SAMPLE_PHOTO_NAMES, ImageFiles, ImageSource
+from mimkit.data.sources import IMAGE_EXTENSIONS, SAMPLE_PHOTO_NAMES, ImageFiles, ImageSource, existing_folder
 from mimkit.engine.config_parts import CLIP_SOURCES
-from mimkit.errors import MimkitError
+from mimkit.errors import DataError, MimkitError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -70,14 +70,12 @@ class ClipFolder(ImageSource):
     Labels come from first-level sub-folders when every clip sits inside one (one sub-folder per class)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"clip folder not found: {self.root}")
+        self.root = existing_folder(root, "clip")
         frame_dirs = {p.parent for p in self.root.rglob("*") if _is_image(p)}
         videos = {p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()}
         self.clips = sorted(frame_dirs | videos)
         if not self.clips:
-            raise ValueError(
+            raise DataError(
                 f"no clips found under {self.root}: expected folders of frames ({', '.join(IMAGE_EXTENSIONS)}) "
                 f"or video files ({', '.join(VIDEO_EXTENSIONS)})"
             )
@@ -155,7 +153,7 @@ def build_clip_source(kind: str, path: str | None = None) -> ImageSource:
         return SampleClips()
     if kind == "clips":
         if not path:
-            raise ValueError("data.source 'clips' needs a path naming a folder of clips (frame folders or videos)")
+            raise DataError("data.source 'clips' needs a path naming a folder of clips (frame folders or videos)")
         return ClipFolder(path)
     raise ValueError(f"unknown clip source {kind!r}; choose {' or '.join(CLIP_SOURCES)}")
 

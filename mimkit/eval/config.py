@@ -41,8 +41,11 @@ class LabelledDataSection(ImageDataFields):
     mean: list[Finite] = field(default_factory=lambda: list(FASHION_MNIST_MEAN))
     std: list[Positive] = field(default_factory=lambda: list(FASHION_MNIST_STD))
     train_limit: Count | None = None
-    """Use only the first N training images (quick checks, low-label regimes)."""
+    """Use only N training images, class-balanced (each class N // classes or one more, a small class all it has,
+    the others making up the rest), drawn with ``label_seed``; below the number of classes it is refused (quick
+    checks, low-label regimes)."""
     val_limit: Count | None = None
+    """Use only N validation images, chosen like ``train_limit``."""
     label_fraction: Fraction | None = None
     """Keep this share of the training labels, class-balanced (round(share x class size) images per class, at
     least one), drawn with ``label_seed``; null keeps every image (low-label fine-tuning)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import zip_longest
 
 import torch
 from PIL import Image, ImageOps
@@ -13,7 +14,7 @@ from torchvision import transforms as T
 from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource
 from mimkit.data.transforms import ConvertMode, eval_transform
 from mimkit.data.video import ClipFolder, ClipTransform
-from mimkit.errors import MimkitError
+from mimkit.errors import DataError, MimkitError
 from mimkit.eval.config import AugmentSection, LabelledDataSection
 
 
@@ -25,6 +26,7 @@ class Subset(ImageSource):
         self.indices = list(indices)
         self.labels = [source.labels[i] for i in self.indices] if source.labels is not None else None
         self.class_names = source.class_names
+        self.root = source.root
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -36,17 +38,45 @@ class Subset(ImageSource):
         return self.source.name_of(self.indices[index])
 
 
+def _shuffled_classes(labels: Sequence[int], generator: torch.Generator) -> list[list[int]]:
+    """For every class, in increasing label order, the indices of its images in random order."""
+    by_class = torch.as_tensor(list(labels))
+    classes = []
+    for label in sorted(set(by_class.tolist())):
+        members = (by_class == label).nonzero().flatten()
+        classes.append(members[torch.randperm(len(members), generator=generator)].tolist())
+    return classes
+
+
 def balanced_label_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
     """Indices of a class-balanced share of ``labels``: ``round(fraction x class size)`` (at least one) images
     drawn at random from every class with a ``seed``-ed generator, returned in increasing order."""
+    classes = _shuffled_classes(labels, torch.Generator().manual_seed(seed))
+    return sorted(index for members in classes for index in members[: max(1, round(fraction * len(members)))])
+
+
+def balanced_count_subset(labels: Sequence[int], count: int, seed: int) -> list[int]:
+    """Indices of ``count`` images spread evenly over the classes, in increasing order: a round-robin over the
+    classes (in a ``seed``-ed order) that takes each class's images in ``seed``-ed random order. Every class gets
+    ``count // classes`` images or one more, except that a class with fewer images gives all it has and the other
+    classes make up the difference."""
     generator = torch.Generator().manual_seed(seed)
-    by_class = torch.as_tensor(list(labels))
-    chosen: list[int] = []
-    for label in sorted(set(by_class.tolist())):
-        members = (by_class == label).nonzero().flatten()
-        keep = max(1, round(fraction * len(members)))
-        chosen += members[torch.randperm(len(members), generator=generator)[:keep]].tolist()
-    return sorted(chosen)
+    classes = _shuffled_classes(labels, generator)
+    rounds = zip_longest(*(classes[i] for i in torch.randperm(len(classes), generator=generator).tolist()))
+    return sorted([index for round_ in rounds for index in round_ if index is not None][:count])
+
+
+def class_balanced_limit(source: ImageSource, limit: int, seed: int, setting: str) -> ImageSource:
+    """At most ``limit`` images of the labelled ``source``, class-balanced (:func:`balanced_count_subset`); a
+    ``limit`` below the number of classes is refused, since whole classes would vanish (``setting`` names the
+    option in that error)."""
+    classes = len(set(source.labels))
+    if limit < classes:
+        raise DataError(
+            f"{setting}={limit} is below the number of classes ({classes}) and would drop whole classes; "
+            f"set it to at least {classes} or leave it unset"
+        )
+    return Subset(source, balanced_count_subset(source.labels, limit, seed)) if limit < len(source) else source
 
 
 def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSource, int]:
@@ -66,11 +96,11 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
     if train.class_names != val.class_names:
         raise MimkitError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
     if data.train_limit:
-        train = Subset(train, range(min(data.train_limit, len(train))))
+        train = class_balanced_limit(train, data.train_limit, data.label_seed, "data.train_limit")
     if data.label_fraction is not None:
         train = Subset(train, balanced_label_subset(train.labels, data.label_fraction, data.label_seed))
     if data.val_limit:
-        val = Subset(val, range(min(data.val_limit, len(val))))
+        val = class_balanced_limit(val, data.val_limit, data.label_seed, "data.val_limit")
     return train, val, len(train.class_names or []) or max(train.labels) + 1
 
 
