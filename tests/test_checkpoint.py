@@ -21,7 +21,9 @@ from mimkit.engine.checkpoint import CHECKSUM_KEY, TrainPosition, content_checks
 from mimkit.engine.optim import build_optimizer
 from mimkit.engine.pretrain import Pretrainer
 from mimkit.errors import CheckpointError, NonFiniteError
+from mimkit.eval.loading import load_encoder
 from mimkit.official import load_mae_weights, read_official_checkpoint
+from mimkit.teachers import TeacherConfig, build_teacher
 from tests.conftest import tiny_overrides
 
 SMALL = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -295,13 +297,14 @@ def test_a_nan_weight_with_a_valid_checksum_is_refused_on_load(tiny_run, checkpo
     _one_error_line(capsys, "NaN or infinite values in tensor 'model/encoder.norm.weight'")
 
 
-def test_weights_of_another_model_size_are_refused_with_one_line(checkpoint, tmp_path, capsys):
-    def record_wider_model(tensors, metadata):
-        config = json.loads(metadata["config"])
-        config["resolved_model"]["embed_dim"] = 48
-        metadata["config"] = json.dumps(config)
+def _record_wider_model(tensors, metadata):
+    config = json.loads(metadata["config"])
+    config["resolved_model"]["embed_dim"] = 48
+    metadata["config"] = json.dumps(config)
 
-    _rewrite(checkpoint, record_wider_model)
+
+def test_weights_of_another_model_size_are_refused_with_one_line(checkpoint, tmp_path, capsys):
+    _rewrite(checkpoint, _record_wider_model)
     assert _export(checkpoint, tmp_path) == 2
     err = _one_error_line(
         capsys,
@@ -309,6 +312,18 @@ def test_weights_of_another_model_size_are_refused_with_one_line(checkpoint, tmp
         "'blocks.0.attn.proj.bias' has shape (32,), expected (48,)",
     )
     assert "more; was it written for another model or size?" in err
+
+
+def test_encoder_and_teacher_loading_check_the_weights_too(checkpoint, tmp_path):
+    _rewrite(checkpoint, _record_wider_model)
+    with pytest.raises(CheckpointError, match="does not fit this VisionTransformerEncoder"):
+        load_encoder("mae_vit_tiny_patch16", {}, checkpoint)
+    with pytest.raises(CheckpointError, match="does not fit this MAE"):
+        build_teacher(TeacherConfig(kind="mimkit", weights=str(checkpoint)))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 100)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_encoder("mae_vit_tiny_patch16", {}, garbage)
 
 
 def test_an_unknown_tensor_is_refused(checkpoint, capsys):

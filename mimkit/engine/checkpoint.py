@@ -145,7 +145,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for index, values in state["state"].items():
         for key, value in values.items():
             tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            tensors[f"optimizer/{index}/{key}"] = tensor.detach().cpu().contiguous()
+            tensors[f"optimizer/{index}/{key}"] = tensor.detach()
     return tensors, state["param_groups"]
 
 
@@ -193,7 +193,7 @@ def save_checkpoint(
     nothing is written then, and a previous file at ``path`` stays as it was.
     """
     path = Path(path)
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v.detach() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "config": json.dumps(config),
@@ -206,6 +206,7 @@ def save_checkpoint(
     bad = first_non_finite(tensors)
     if bad is not None:
         raise NonFiniteError(f"refusing to write checkpoint {path}: tensor '{bad}' holds NaN or infinite values")
+    tensors = {name: tensor.cpu().contiguous() for name, tensor in tensors.items()}
     if with_rng:
         rng_tensors, rng_meta = capture_rng()
         tensors.update(rng_tensors)

@@ -11,7 +11,7 @@ from torch import nn
 
 from mimkit.engine.checkpoint import FORMAT, load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
-from mimkit.errors import MimkitError
+from mimkit.errors import CheckpointError, MimkitError
 from mimkit.eval.classifier import ENCODER_PREFIX
 from mimkit.models import create_encoder, create_model
 from mimkit.official import (
@@ -35,8 +35,11 @@ def is_mimkit_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return False
-    with safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get("format") == FORMAT
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def load_encoder(
