@@ -5,7 +5,11 @@ class MimkitError(Exception):
     """Base of the errors a user can fix: bad config, bad input, a diverged run."""
 
 
-class NonFiniteLossError(MimkitError):
+class NonFiniteError(MimkitError):
+    """Numbers became NaN or infinite: nothing non-finite is applied or written as if it were fine."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """The loss became NaN or infinite; the run stops before the bad update is applied."""
 
 

@@ -24,6 +24,7 @@ from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import to_dict
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.errors import MimkitError
 from mimkit.eval.loading import encoder_weights
 from mimkit.models import create_encoder, encoder_class, model_config
@@ -210,7 +211,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> tuple[Path, st
     resolved = _plain(stored.config.get("resolved_model", {}))
     timm_name, fields = timm_model_for(name, resolved)
     wrapper = TimmEncoder(TIMM_NAMES[timm_name], **fields)
-    wrapper.encoder.load_state_dict(encoder_weights(stored.model, checkpoint))
+    load_model_state(wrapper.encoder, encoder_weights(stored.model, checkpoint), checkpoint)
     tensors = {k: v.detach().contiguous() for k, v in wrapper.state_dict().items()}
     metadata = {"timm_name": timm_name, "mimkit_model": name, "fields": json.dumps(fields)}
     output = Path(output)

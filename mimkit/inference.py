@@ -11,6 +11,7 @@ from mimkit.config_schema import from_dict
 from mimkit.data import ImageFiles, ImageFolder, eval_transform, load_readable
 from mimkit.data.sources import IMAGE_EXTENSIONS
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.engine.config import PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.errors import MimkitError
@@ -26,7 +27,7 @@ def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]
     resolved = record.pop("resolved_model", {})
     config = from_dict(PretrainConfig, record)
     model = create_model(config.model.name, **resolved)
-    model.load_state_dict(checkpoint.model)
+    load_model_state(model, checkpoint.model, path)
     return model.eval(), config
 
 

@@ -26,6 +26,7 @@ from torchvision import transforms as T
 from mimkit.config_paths import resolve_config_path
 from mimkit.data import FashionMNIST, ImageSource, eval_transform, load_readable
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.engine.config import PretrainConfig, load_pretrain_config
 from mimkit.engine.pretrain import Pretrainer, build_pretrain_model, pretrain
 from mimkit.errors import MimkitError
@@ -258,7 +259,7 @@ class PointEvaluator:
 def load_pretrained(config: PretrainConfig, checkpoint: Path) -> PretrainingModel:
     """The pretraining model of ``config`` with the weights of ``checkpoint``."""
     model = build_pretrain_model(config)
-    model.load_state_dict(load_checkpoint(checkpoint).model)
+    load_model_state(model, load_checkpoint(checkpoint).model, checkpoint)
     return model
 
 

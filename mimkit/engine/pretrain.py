@@ -30,6 +30,7 @@ from mimkit.data import (
 from mimkit.data.sources import ImageSource
 from mimkit.data.video import ClipTransform, build_clip_source
 from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
+from mimkit.engine.checkpoint_checks import check_position_fits, load_model_state, load_optimizer_state
 from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.engine.distributed import (
@@ -41,7 +42,7 @@ from mimkit.engine.distributed import (
 )
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
-from mimkit.errors import MimkitError, NonFiniteLossError
+from mimkit.errors import MimkitError, NonFiniteError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model, model_config
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
@@ -171,9 +172,10 @@ class Pretrainer:
         saved_name = checkpoint.config.get("model", {}).get("name")
         if saved_name != self.config.model.name:
             raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
-        self.model.load_state_dict(checkpoint.model)
+        check_position_fits(checkpoint.position, self.steps_per_epoch, path)
+        load_model_state(self.model, checkpoint.model, path)
         if checkpoint.optimizer is not None:
-            self.optimizer.load_state_dict(checkpoint.optimizer)
+            load_optimizer_state(self.optimizer, checkpoint.optimizer, path)
         if checkpoint.rng is not None:
             restore_rng(checkpoint.rng)
         self.position = checkpoint.position
@@ -183,9 +185,18 @@ class Pretrainer:
         record = to_dict(self.config)
         record["resolved_model"] = to_dict(self.model.config)
         if self.dist.is_main:
-            save_checkpoint(self.checkpoint_path, self.model, record, self.position, self.optimizer)
+            try:
+                save_checkpoint(self.checkpoint_path, self.model, record, self.position, self.optimizer)
+            except NonFiniteError as err:
+                where = f"by step {self.position.step}: {err}; stopping. {self._last_good()}"
+                raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
         barrier()
         return self.checkpoint_path
+
+    def _last_good(self) -> str:
+        """Where the run can be picked up: every checkpoint written is finite (``save_checkpoint`` refuses others)."""
+        written = "" if self.checkpoint_path.exists() else " (none written yet)"
+        return f"The last good checkpoint is {self.checkpoint_path}{written}"
 
     def _write_reconstructions(self, epoch: int) -> Path | None:
         if self.viz_images is None or not self.dist.is_main:
@@ -225,8 +236,7 @@ class Pretrainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {self.position.step + 1} (epoch {self.position.epoch}); "
-                f"stopping without applying this update. The last good checkpoint is {self.checkpoint_path}"
-                + ("" if self.checkpoint_path.exists() else " (none written yet)")
+                f"stopping without applying this update. {self._last_good()}"
             )
         self.scheduler.step_update(self.position.step)
         if self.config.optim.clip_grad is not None:

@@ -10,7 +10,8 @@ from safetensors import safe_open
 from torch import nn
 
 from mimkit.engine.checkpoint import FORMAT, load_checkpoint
-from mimkit.errors import MimkitError
+from mimkit.engine.checkpoint_checks import load_model_state
+from mimkit.errors import CheckpointError, MimkitError
 from mimkit.eval.classifier import ENCODER_PREFIX
 from mimkit.models import create_encoder, create_model
 from mimkit.official import (
@@ -34,8 +35,11 @@ def is_mimkit_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return False
-    with safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get("format") == FORMAT
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def load_encoder(
@@ -54,7 +58,7 @@ def load_encoder(
         stored = load_checkpoint(checkpoint)
         name = stored.config.get("model", {}).get("name", model_name)
         encoder = create_encoder(name, **{**stored.config.get("resolved_model", {}), **model_args})
-        encoder.load_state_dict(encoder_weights(stored.model, checkpoint))
+        load_model_state(encoder, encoder_weights(stored.model, checkpoint), checkpoint)
         return encoder
     loader = next((load for prefix, load in OFFICIAL_LOADERS.items() if model_name.startswith(prefix)), None)
     if loader is None:

@@ -17,6 +17,7 @@ from mimkit.backbones.convvit import TOKEN_SIZE, ConvViTEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import ConfigError
 from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
 from mimkit.model_configs.teacher import TeacherConfig
 from mimkit.official.checkpoint import read_official_checkpoint
@@ -131,7 +132,7 @@ def _mimkit_teacher(config: TeacherConfig, field: str) -> FrozenTeacher:
     if "teacher" in resolved:
         raise ConfigError(f"config field '{field}.weights': {path} is itself a mimic model; use an MAE/ConvMAE one")
     model = create_model(name, **resolved)
-    model.load_state_dict(checkpoint.model)
+    load_model_state(model, checkpoint.model, path)
     encoder = model.encoder_module()
     data = checkpoint.config.get("data", {})
     common = {
