@@ -15,8 +15,9 @@ from mimkit.runtime import keep_freed_memory
 def _pretrain(args: argparse.Namespace) -> int:
     from mimkit.config_schema import load_yaml
     from mimkit.data.video import CLIP_SOURCES
-    from mimkit.engine.config import load_pretrain_config
-    from mimkit.engine.pretrain import pretrain
+    from mimkit.engine.config import PretrainConfig, load_pretrain_config
+    from mimkit.engine.pretrain import Pretrainer
+    from mimkit.engine.resume_config import load_resumed_config
 
     overrides = list(args.overrides)
     config_path = resolve_config_path(args.config)
@@ -27,8 +28,16 @@ def _pretrain(args: argparse.Namespace) -> int:
             overrides.append(f"data.source={'clips' if video else 'folder'}")
     if args.output:
         overrides.append(f"output={args.output}")
-    config = load_pretrain_config(config_path, overrides)
-    summary = pretrain(config, resume=args.resume)
+    if args.resume:
+        resumed = load_resumed_config(PretrainConfig, config_path, overrides, args.resume, args.allow_changes)
+        config, checkpoint = resumed
+    else:
+        config, checkpoint = load_pretrain_config(config_path, overrides), None
+    trainer = Pretrainer(config, checkpoint, args.overwrite, args.allow_changes)
+    if args.dry_run:
+        print("\n".join([*trainer.describe(), "dry run: stopped after the summary; nothing written"]))
+        return 0
+    summary = trainer.run()
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
     print(f"metrics log:     {summary.metrics}")
@@ -48,11 +57,17 @@ def _transfer_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from mimkit.eval.config import load_transfer_config
+    from mimkit.engine.resume_config import load_resumed_config
+    from mimkit.eval.config import TransferConfig, load_transfer_config
     from mimkit.eval.transfer import TransferTrainer
 
-    config = load_transfer_config(args.command, resolve_config_path(args.config), _transfer_overrides(args))
-    summary = TransferTrainer(config).run()
+    config_path, overrides = resolve_config_path(args.config), _transfer_overrides(args)
+    if args.resume:
+        overrides.append(f"protocol={args.command}")
+        config, checkpoint = load_resumed_config(TransferConfig, config_path, overrides, "auto", args.allow_changes)
+    else:
+        config, checkpoint = load_transfer_config(args.command, config_path, overrides), None
+    summary = TransferTrainer(config, checkpoint, args.overwrite, args.allow_changes).run()
     print(
         f"done: {summary.steps} steps in {summary.seconds:.1f} s; val top-1 {summary.last_top1:.2f}% "
         f"(best {summary.best_top1:.2f}%), top-5 {summary.last_top5:.2f}%"
@@ -138,9 +153,27 @@ def _bench(args: argparse.Namespace) -> int:
 def _visualize(args: argparse.Namespace) -> int:
     from mimkit.inference import visualize_images
 
-    path = visualize_images(args.checkpoint, args.images, args.output, seed=args.seed)
+    path = visualize_images(args.checkpoint, args.images, args.output, seed=args.seed, max_images=args.max_images)
     print(f"reconstructions: {path}")
     return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser, resume_from: bool) -> None:
+    """How a training command treats its output folder (``docs/runs.md``)."""
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume", action="store_const", const="auto", help="continue the run in OUTPUT from its last checkpoint"
+    )
+    if resume_from:
+        start.add_argument("--resume-from", dest="resume", metavar="CKPT", help="continue from this checkpoint")
+    start.add_argument(
+        "--overwrite", action="store_true", help="start over: delete the run already in OUTPUT (checkpoints, logs)"
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="let --resume change what the run is (data, sizes, batch, schedule, optimizer, seed, model)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,11 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder of images, or of clips for a video config (sets data.source=folder|clips and data.path)",
     )
     pre.add_argument("--output", help="output directory (sets output=...)")
-    resume = pre.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", action="store_const", const="auto", help="continue from OUTPUT/checkpoints/last.safetensors"
-    )
-    resume.add_argument("--resume-from", dest="resume", metavar="CKPT", help="continue from this checkpoint")
+    _add_run_options(pre, resume_from=True)
+    pre.add_argument("--dry-run", action="store_true", help="print the run's summary and stop; writes nothing")
     pre.add_argument(
         "overrides",
         nargs="*",
@@ -176,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config: a path, or a name under configs/ such as finetune/...")
         sub.add_argument("--checkpoint", help="pretrained weights: a mimkit checkpoint or an authors' release")
         sub.add_argument("--output", help="output directory (knn: a JSON file for the result)")
+        if command != "knn":
+            _add_run_options(sub, resume_from=False)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
         sub.set_defaults(handler=_knn if command == "knn" else _transfer)
 
@@ -218,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")
     viz.add_argument("--images", nargs="+", required=True, help="image files or folders")
     viz.add_argument("--output", default="reconstruction.png", help="PNG to write")
-    viz.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    viz.add_argument("--seed", type=int, default=0, help="seed of the random mask (and of the choice of images)")
+    viz.add_argument(
+        "--max-images", type=int, default=16, help="images in one grid; of more, a choice seeded by --seed (default 16)"
+    )
     viz.set_defaults(handler=_visualize)
     return parser
 

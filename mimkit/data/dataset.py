@@ -83,14 +83,18 @@ def collate_items(items: list[dict]) -> dict:
 
 
 def load_readable(
-    source: ImageSource, transform: Callable, limit: int | None = None
+    source: ImageSource, transform: Callable, limit: int | None = None, seed: int | None = None
 ) -> tuple[torch.Tensor | None, list[str]]:
-    """Transform the first ``limit`` readable images of ``source`` (all when None) into one batch.
+    """Transform the first ``limit`` readable images of ``source`` (all when None) into one batch; with ``seed``
+    the images are tried in a seeded random order (a fixed choice that is not simply the first files).
 
     Returns the batch (None if nothing could be read) and a description of each unreadable image skipped.
     """
+    order = range(len(source))
+    if seed is not None:
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
     images, skipped = [], []
-    for index in range(len(source)):
+    for index in order:
         if limit is not None and len(images) == limit:
             break
         try:

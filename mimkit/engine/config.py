@@ -93,6 +93,8 @@ class TrainSection:
     """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""
     checkpoint_every: int = 0
     """Also write a checkpoint every this many steps (0: only at the end of each epoch)."""
+    keep_checkpoints: int = 2
+    """Besides ``last``, keep the N most recent checkpoints as ``checkpoints/step_NNNNNNNN.safetensors`` (0: none)."""
     log_every: int = 10
     visualize_images: int = 4
     """Images in the end-of-epoch reconstruction grid (0: none)."""
@@ -101,6 +103,9 @@ class TrainSection:
         for name in ("epochs", "batch_size", "accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
 
 
 @dataclass

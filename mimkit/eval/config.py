@@ -111,11 +111,16 @@ class TransferTrainSection:
     log_every: int = 20
     eval_batch_size: int = 256
     eval_every: int = 1
-    """Validate (and write checkpoints) every this many epochs and after the last; 0: after the last only."""
+    """Validate (and write ``best``) every this many epochs and after the last; 0: after the last only."""
+    checkpoint_every: int = 0
+    """Also write ``last`` every this many steps, for a mid-epoch resume (0: only at the end of each epoch)."""
+    keep_checkpoints: int = 0
+    """Besides ``last`` and ``best``, keep the N most recent checkpoints (``checkpoints/step_NNNNNNNN.safetensors``)."""
 
     def __post_init__(self) -> None:
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be at least 0, got {self.eval_every}")
+        for name in ("eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError(f"batch_size must be even and at least 2, got {self.batch_size}")
         if self.epochs < 1:
