@@ -107,7 +107,11 @@ def load_readable(
 def batch_loader(
     dataset: torch.utils.data.Dataset, batch_size: int, sampler, num_workers: int, device: torch.device
 ) -> torch.utils.data.DataLoader:
-    """A loader of :func:`collate_items` batches in ``sampler``'s order (pinned memory when feeding a GPU)."""
+    """A loader of :func:`collate_items` batches in ``sampler``'s order (pinned memory when feeding a GPU).
+
+    The loader draws its workers' base seed from a generator of its own: drawn from torch's global generator, each
+    new pass over the data would shift the random stream of drop path and the like, so a run resumed mid-epoch
+    (one more pass) would differ from an uninterrupted one. Samples are seeded by :class:`AugmentedDataset`."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -115,4 +119,5 @@ def batch_loader(
         num_workers=num_workers,
         collate_fn=collate_items,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
     )

@@ -35,7 +35,7 @@ from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_pr
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
-from mimkit.engine.run_session import RunSession, check_epoch_progress
+from mimkit.engine.run_session import RunSession, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model, model_config
@@ -115,7 +115,7 @@ class Pretrainer:
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag="pretrain")
         self.checkpoint_path = self.session.folder.last_checkpoint
         train, data = config.train, config.data
-        torch.manual_seed(train.seed + self.dist.rank)
+        seed_global_generators(train.seed + self.dist.rank)
 
         self.source, transform, viz_transform = data_pipeline(data)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)

@@ -3,12 +3,14 @@ resuming a checkpoint, the run's records, and the checkpoints it writes and keep
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mimkit.config_schema import to_dict
@@ -151,6 +153,14 @@ class RunSession:
             keep_checkpoint(path, position.step, keep)
         barrier()
         return path
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators (timm's Mixup/CutMix draw from NumPy's), so a run
+    starts alike in a fresh process and in one that ran something before."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def check_epoch_progress(steps_before: int, position: TrainPosition, steps_per_epoch: int) -> None:

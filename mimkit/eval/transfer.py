@@ -25,7 +25,7 @@ from mimkit.engine.distributed import init_distributed, mean_across_processes, s
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, build_scheduler, effective_lr
 from mimkit.engine.resume_config import RunGeometry
-from mimkit.engine.run_session import RunSession, check_epoch_progress
+from mimkit.engine.run_session import RunSession, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
@@ -80,7 +80,7 @@ class TransferTrainer:
         train, data = config.train, config.data
         self.dist = init_distributed(train.device)
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=config.protocol)
-        torch.manual_seed(train.seed + self.dist.rank)
+        seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
         self.train_source, self.val_source, self.num_classes = labelled_sources(data)
 
