@@ -35,7 +35,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         config, checkpoint = load_pretrain_config(config_path, overrides), None
     trainer = Pretrainer(config, checkpoint, args.overwrite, args.allow_changes)
     if args.dry_run:
-        print("\n".join([*trainer.describe(), "dry run: stopped after the summary; nothing written"]))
+        lines = [*trainer.describe(), *trainer.session.notes]
+        print("\n".join([*lines, "dry run: stopped after the summary; nothing written"]))
         return 0
     summary = trainer.run()
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")

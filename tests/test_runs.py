@@ -307,3 +307,16 @@ def test_visualize_draws_at_most_max_images(tmp_path, capsys):
     assert "drawing 2 of 5 images" in capsys.readouterr().out
     with Image.open(picture) as grid:
         assert grid.size[1] == 2 * 64 + 3 * 2
+
+
+def test_a_checkpoint_from_elsewhere_does_not_continue_into_another_run(tmp_path, capsys):
+    assert _pretrain(tmp_path / "a", "train.max_steps=2") == 0
+    assert _pretrain(tmp_path / "b", "train.max_steps=2") == 0
+    before = _files(tmp_path / "b")
+    capsys.readouterr()
+    checkpoint = tmp_path / "a" / "checkpoints" / "last.safetensors"
+    assert main(["pretrain", "--resume-from", str(checkpoint), "--output", str(tmp_path / "b")]) == 2
+    assert "holds another run" in _one_error_line(capsys)
+    assert _files(tmp_path / "b") == before
+    assert main(["pretrain", "--resume-from", str(checkpoint), "--output", str(tmp_path / "branch")]) == 0
+    assert [r["step"] for r in _records(tmp_path / "branch")] == list(range(3, 9))

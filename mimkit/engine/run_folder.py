@@ -72,26 +72,34 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.path / entry).exists() for entry in RUN_ENTRIES)
 
-    def check_start(self, resuming: bool, overwrite: bool) -> None:
-        """Refuse to start a new run over an existing one (read-only; :meth:`session` checks again under the
-        lock). ``overwrite`` is the explicit way to start over; it cannot be combined with resuming."""
-        if resuming and overwrite:
+    def check_start(self, resume_from: Path | None, overwrite: bool) -> None:
+        """Refuse to start a run over an existing one (read-only; :meth:`session` checks again under the lock):
+        a new run, or a resume of a checkpoint from elsewhere (``resume_from``), goes to a folder without a run.
+        ``overwrite`` is the explicit way to start over; it cannot be combined with resuming."""
+        if resume_from is not None and overwrite:
             raise MimkitError("--overwrite starts the run over and --resume continues it: give one of them")
         if self.path.exists() and not self.path.is_dir():
             raise MimkitError(f"output {self.path} is a file, not a folder; choose another --output")
-        if not resuming and not overwrite and self.holds_run():
+        if overwrite or not self.holds_run():
+            return
+        if resume_from is None:
             raise MimkitError(
                 f"{self.path} already holds a run; continue it with --resume, start it over with --overwrite "
                 "(deletes its checkpoints and logs), or choose another --output"
             )
+        if resume_from.resolve().parent != self.checkpoints.resolve():
+            raise MimkitError(
+                f"{self.path} holds another run than {resume_from}'s; continue from that checkpoint into a new "
+                "--output (or continue this folder's own run with --resume)"
+            )
 
     @contextmanager
-    def session(self, resuming: bool, overwrite: bool, config: dict[str, Any]) -> Iterator[RunFolder]:
+    def session(self, resume_from: Path | None, overwrite: bool, config: dict[str, Any]) -> Iterator[RunFolder]:
         """Lock the folder for the run's duration, then (under the lock) refuse or clear an earlier run, remove
         stale temporary files of killed writes and write the run's resolved ``config.yaml``."""
         self._lock()
         try:
-            self.check_start(resuming, overwrite)
+            self.check_start(resume_from, overwrite)
             if overwrite:
                 self._remove_run()
             self.checkpoints.mkdir(exist_ok=True)

@@ -47,9 +47,9 @@ class RunSession:
         self.overwrite = overwrite
         self.allow_changes = allow_changes
         self.tag = tag
-        if dist.is_main:
-            self.folder.check_start(resume is not None, overwrite)
         self.resume_path = resume_checkpoint(self.folder.path, resume) if resume is not None else None
+        if dist.is_main:
+            self.folder.check_start(self.resume_path, overwrite)
         self.notes: list[str] = []
         """Lines for the run's start (what a resume changed), printed and logged by :meth:`records`."""
 
@@ -116,7 +116,7 @@ class RunSession:
         main = self.dist.is_main
         with ExitStack() as stack:
             if main:
-                stack.enter_context(self.folder.session(self.resuming, self.overwrite, to_dict(self.config)))
+                stack.enter_context(self.folder.session(self.resume_path, self.overwrite, to_dict(self.config)))
             barrier()
             metrics = MetricsLog(self.folder.path, main, step if self.resuming else None, tag=self.tag)
             stack.callback(metrics.close)
