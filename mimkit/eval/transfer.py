@@ -223,9 +223,8 @@ class TransferTrainer:
         train = self.config.train
         start = time.perf_counter()
         best = self.session.folder.checkpoints / "best.safetensors"
-        summary = TransferSummary(
-            output=self.output, best_top1=self.best_top1, best_checkpoint=best if best.is_file() else None
-        )
+        earlier_best = best if self.session.resuming and best.is_file() else None
+        summary = TransferSummary(output=self.output, best_top1=self.best_top1, best_checkpoint=earlier_best)
         stop_at = self.session.stop_at(self.total_steps)
         if self.session.finished(self.position.step, stop_at, self.total_steps):
             summary.steps = self.position.step
