@@ -64,7 +64,8 @@ def _transfer(args: argparse.Namespace) -> int:
 
     config_path, overrides = resolve_config_path(args.config), _transfer_overrides(args)
     if args.resume:
-        overrides.append(f"protocol={args.command}")
+        output = load_transfer_config(args.command, config_path, overrides).output  # linprobe's default differs
+        overrides += [f"output={output}", f"protocol={args.command}"]
         config, checkpoint = load_resumed_config(TransferConfig, config_path, overrides, "auto", args.allow_changes)
     else:
         config, checkpoint = load_transfer_config(args.command, config_path, overrides), None

@@ -135,6 +135,18 @@ def test_an_allowed_change_at_an_epoch_boundary_continues_at_that_epoch(tmp_path
     assert [(r["step"], r["epoch"]) for r in _records(out)] == [(1, 0), (2, 0), (3, 1), (4, 1)]
 
 
+def test_a_position_one_past_an_epoch_is_the_start_of_the_next():
+    """Older versions wrote (step 4, epoch 0, step 4 of 4) when a periodic checkpoint fell on an epoch's end; a
+    kill before the epoch-end checkpoint left it as ``last`` and its resume spun forever."""
+    from mimkit.engine.checkpoint import TrainPosition
+    from mimkit.engine.resume_config import RunGeometry, fit_position
+
+    geometry = RunGeometry(images_per_step=8, steps_per_epoch=4)
+    for stored in (None, {"images_per_step": 8, "steps_per_epoch": 4}):
+        fitted = fit_position(TrainPosition(4, 0, 4), stored, geometry, False, Path("last.safetensors"))
+        assert fitted == TrainPosition(4, 1, 0)
+
+
 def test_the_sampler_refuses_a_start_past_the_epoch():
     sampler = StepSampler(dataset_size=10, global_batch=2, steps_per_epoch=4)
     with pytest.raises(ValueError, match="outside the epoch's steps 0..3"):
@@ -199,6 +211,10 @@ def test_periodic_checkpoints_are_kept_besides_last(tmp_path):
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["last.safetensors", "step_00000007.safetensors", "step_00000008.safetensors"]
     assert load_checkpoint(out / "checkpoints" / "step_00000007.safetensors").position.step == 7
+    kept = tmp_path / "every"
+    pretrain(load_pretrain_config(None, tiny_overrides(kept, "train.checkpoint_every=1", "train.keep_checkpoints=8")))
+    positions = [load_checkpoint(p).position for p in sorted((kept / "checkpoints").glob("step_*"))]
+    assert [(p.step, p.epoch, p.step_in_epoch) for p in positions] == [(s, s // 4, s % 4) for s in range(1, 9)]
     with pytest.raises(ConfigError, match="keep_checkpoints must be at least 0"):
         load_pretrain_config(None, ["train.keep_checkpoints=-1"])
 
@@ -320,3 +336,18 @@ def test_a_checkpoint_from_elsewhere_does_not_continue_into_another_run(tmp_path
     assert _files(tmp_path / "b") == before
     assert main(["pretrain", "--resume-from", str(checkpoint), "--output", str(tmp_path / "branch")]) == 0
     assert [r["step"] for r in _records(tmp_path / "branch")] == list(range(3, 9))
+
+
+def test_a_checkpoint_without_optimizer_state_cannot_continue_a_run(tmp_path, capsys):
+    from mimkit.engine.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert _pretrain(out, "train.max_steps=2") == 0
+    last = out / "checkpoints" / "last.safetensors"
+    stored = load_checkpoint(last)
+    trainer = Pretrainer(load_pretrain_config(None, tiny_overrides(tmp_path / "other")))
+    trainer.model.load_state_dict(stored.model)
+    weights_only = save_checkpoint(tmp_path / "weights.safetensors", trainer.model, stored.config, stored.position)
+    capsys.readouterr()
+    assert main(["pretrain", "--resume-from", str(weights_only), "--output", str(tmp_path / "branch")]) == 2
+    assert "holds no optimizer and RNG states" in _one_error_line(capsys)

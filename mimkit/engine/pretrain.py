@@ -35,7 +35,7 @@ from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_pr
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
-from mimkit.engine.run_session import RunSession, check_epoch_progress, seed_global_generators
+from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model, model_config
@@ -278,8 +278,7 @@ class Pretrainer:
                     loss = self._apply_update(loss_sum)
                     window_images += self.geometry.images_per_step
                     micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
-                    self.position.step += 1
-                    self.position.step_in_epoch += 1
+                    epoch_ended = advance(self.position, self.steps_per_epoch)
                     summary.last_loss = loss
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
@@ -293,14 +292,12 @@ class Pretrainer:
                         }
                     )
                     progress.update(self.position.step, epoch, loss, lr, speed)
+                    if epoch_ended or self.position.step >= stop_at:
+                        break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.checkpoint = self._save()
-                    if self.position.step >= stop_at:
-                        break
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
-                if self.position.step_in_epoch == self.steps_per_epoch:
-                    self.position.epoch += 1
-                    self.position.step_in_epoch = 0
+                if self.position.epoch > epoch:
                     summary.checkpoint = self._save()
                     self._add_picture(summary, f"epoch_{epoch:04d}")
                     progress.message(

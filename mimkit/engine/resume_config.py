@@ -188,8 +188,13 @@ def fit_position(
     """The checkpoint's position in a run cut as ``geometry`` (``stored``: the geometry the checkpoint recorded,
     ``None`` for checkpoints that predate the record). Refuses what cannot continue: a mid-epoch position in a
     run cut differently, or any change of the cut without ``allow_changes``; at an epoch boundary an allowed
-    change continues at the same epoch, its step counted in the new steps per epoch."""
+    change continues at the same epoch, its step counted in the new steps per epoch. A position one past its
+    epoch's last step (older versions wrote one when a periodic checkpoint fell on the epoch's last step) is read
+    as the start of the next epoch."""
     where = f"{source} (step {position.step}, epoch {position.epoch}, step {position.step_in_epoch} of the epoch)"
+    written_steps_per_epoch = stored["steps_per_epoch"] if stored else geometry.steps_per_epoch
+    if position.step_in_epoch == written_steps_per_epoch:
+        position = TrainPosition(step=position.step, epoch=position.epoch + 1)
     if stored is None:
         consistent = position.step == position.epoch * geometry.steps_per_epoch + position.step_in_epoch
         if consistent and position.step_in_epoch < geometry.steps_per_epoch:

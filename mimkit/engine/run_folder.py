@@ -30,8 +30,9 @@ CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.safetensors"
 RUN_ENTRIES = (CHECKPOINTS, METRICS_NAME, "tensorboard", "reconstructions", CONFIG_NAME, LOG_NAME)
 """What a run writes into its folder; ``overwrite`` removes exactly these (other files are left alone)."""
-TEMPORARY_PATTERN = ".*.tmp"
-"""Temporary files of atomic writes (``.last.safetensors.<random>.tmp``): stale once their writer is gone."""
+TEMPORARY_PATTERNS = (f".{METRICS_NAME}.*.tmp", f".{CONFIG_NAME}.*.tmp", f"{CHECKPOINTS}/.*.safetensors.*.tmp")
+"""Temporary files of the run's atomic writes (``checkpoints/.last.safetensors.<random>.tmp``): stale once their
+writer is gone."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -144,7 +145,7 @@ class RunFolder:
                 target.unlink()
 
     def _remove_stale_temporaries(self) -> list[Path]:
-        stale = [p for folder in (self.path, self.checkpoints) for p in folder.glob(TEMPORARY_PATTERN) if p.is_file()]
+        stale = [path for pattern in TEMPORARY_PATTERNS for path in self.path.glob(pattern) if path.is_file()]
         for path in stale:
             path.unlink(missing_ok=True)
         return stale

@@ -20,7 +20,7 @@ from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.resume_config import RunGeometry, check_resume_changes, fit_position, resume_checkpoint
 from mimkit.engine.retention import keep_checkpoint
 from mimkit.engine.run_folder import RunFolder
-from mimkit.errors import MimkitError
+from mimkit.errors import CheckpointError, MimkitError
 
 
 class RunSession:
@@ -68,12 +68,15 @@ class RunSession:
         saved_name = checkpoint.config.get("model", {}).get("name")
         if saved_name != self.config.model.name:
             raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
+        if checkpoint.optimizer is None or checkpoint.rng is None:
+            raise CheckpointError(
+                f"{path} holds no optimizer and RNG states (a best checkpoint, or one written by an older mimkit), so "
+                "it cannot continue a run; start a new run from its weights instead"
+            )
         position = fit_position(checkpoint.position, checkpoint.config.get("run"), geometry, self.allow_changes, path)
         model.load_state_dict(checkpoint.model)
-        if checkpoint.optimizer is not None:
-            optimizer.load_state_dict(checkpoint.optimizer)
-        if checkpoint.rng is not None:
-            restore_rng(checkpoint.rng)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        restore_rng(checkpoint.rng)
         self.notes.append(f"resuming {path} at step {position.step} (epoch {position.epoch})")
         if position != checkpoint.position:
             self.notes.append(f"the run's steps changed: step {checkpoint.position.step} is now step {position.step}")
@@ -161,6 +164,18 @@ def seed_global_generators(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def advance(position: TrainPosition, steps_per_epoch: int) -> bool:
+    """Count one optimizer step; at the end of an epoch the position moves to the start of the next at once, so
+    no checkpoint ever records a step one past its epoch's end. Returns whether the epoch ended."""
+    position.step += 1
+    position.step_in_epoch += 1
+    if position.step_in_epoch < steps_per_epoch:
+        return False
+    position.epoch += 1
+    position.step_in_epoch = 0
+    return True
 
 
 def check_epoch_progress(steps_before: int, position: TrainPosition, steps_per_epoch: int) -> None:

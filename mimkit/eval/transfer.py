@@ -25,7 +25,7 @@ from mimkit.engine.distributed import init_distributed, mean_across_processes, s
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, build_scheduler, effective_lr
 from mimkit.engine.resume_config import RunGeometry
-from mimkit.engine.run_session import RunSession, check_epoch_progress, seed_global_generators
+from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
@@ -241,23 +241,19 @@ class TransferTrainer:
                 window_start = time.perf_counter()
                 for batch in self.loader:
                     loss = self._train_step(batch, self.position.step)
-                    self.position.step += 1
-                    self.position.step_in_epoch += 1
+                    epoch_ended = advance(self.position, self.steps_per_epoch)
                     lr = max(group["lr"] for group in self.optimizer.param_groups)
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
                     metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr})
                     progress.update(self.position.step, epoch, loss, lr, speed)
+                    if epoch_ended or self.position.step >= stop_at:
+                        break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.last_checkpoint = self._save("last")
-                    if self.position.step >= stop_at:
-                        break
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
-                epoch_done = self.position.step_in_epoch == self.steps_per_epoch
-                if epoch_done:
-                    self.position.epoch += 1
-                    self.position.step_in_epoch = 0
+                epoch_done = self.position.epoch > epoch
                 stopping = self.position.step >= stop_at
                 if stopping or (epoch_done and train.eval_every and (epoch + 1) % train.eval_every == 0):
                     self._validate(epoch, summary, metrics, progress)
