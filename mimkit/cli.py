@@ -23,7 +23,7 @@ USER_MISTAKE = 2
 
 def _pretrain(args: argparse.Namespace) -> int:
     from mimkit.config_schema import load_yaml
-    from mimkit.engine.config import load_pretrain_config
+    from mimkit.engine.config import PretrainConfig, load_pretrain_config
     from mimkit.engine.config_parts import CLIP_SOURCES
 
     overrides = list(args.overrides)
@@ -35,11 +35,22 @@ def _pretrain(args: argparse.Namespace) -> int:
             overrides.append(f"data.source={'clips' if video else 'folder'}")
     if args.output:
         overrides.append(f"output={args.output}")
-    config = load_pretrain_config(config_path, overrides)
+    if args.resume:
+        from mimkit.engine.resume_config import load_resumed_config
 
-    from mimkit.engine.pretrain import pretrain
+        resumed = load_resumed_config(PretrainConfig, config_path, overrides, args.resume, args.allow_changes)
+        config, checkpoint = resumed
+    else:
+        config, checkpoint = load_pretrain_config(config_path, overrides), None
 
-    summary = pretrain(config, resume=args.resume)
+    from mimkit.engine.pretrain import Pretrainer
+
+    trainer = Pretrainer(config, checkpoint, args.overwrite, args.allow_changes)
+    if args.dry_run:
+        lines = [*trainer.describe(), *trainer.session.notes]
+        print("\n".join([*lines, "dry run: stopped after the summary; nothing written"]))
+        return 0
+    summary = trainer.run()
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
     print(f"metrics log:     {summary.metrics}")
@@ -59,13 +70,21 @@ def _transfer_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from mimkit.eval.config import load_transfer_config
+    from mimkit.eval.config import TransferConfig, load_transfer_config
 
-    config = load_transfer_config(args.command, resolve_config_path(args.config), _transfer_overrides(args))
+    config_path, overrides = resolve_config_path(args.config), _transfer_overrides(args)
+    if args.resume:
+        from mimkit.engine.resume_config import load_resumed_config
+
+        output = load_transfer_config(args.command, config_path, overrides).output  # linprobe's default differs
+        overrides += [f"output={output}", f"protocol={args.command}"]
+        config, checkpoint = load_resumed_config(TransferConfig, config_path, overrides, "auto", args.allow_changes)
+    else:
+        config, checkpoint = load_transfer_config(args.command, config_path, overrides), None
 
     from mimkit.eval.transfer import TransferTrainer
 
-    summary = TransferTrainer(config).run()
+    summary = TransferTrainer(config, checkpoint, args.overwrite, args.allow_changes).run()
     print(
         f"done: {summary.steps} steps in {summary.seconds:.1f} s; val top-1 {summary.last_top1:.2f}% "
         f"(best {summary.best_top1:.2f}%), top-5 {summary.last_top5:.2f}%"
@@ -154,7 +173,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _visualize(args: argparse.Namespace) -> int:
     from mimkit.inference import visualize_images
 
-    path = visualize_images(args.checkpoint, args.images, args.output, seed=args.seed)
+    path = visualize_images(args.checkpoint, args.images, args.output, seed=args.seed, max_images=args.max_images)
     print(f"reconstructions: {path}")
     return 0
 
@@ -175,6 +194,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USER_MISTAKE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_run_options(parser: argparse.ArgumentParser, resume_from: bool) -> None:
+    """How a training command treats its output folder (``docs/runs.md``)."""
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume", action="store_const", const="auto", help="continue the run in OUTPUT from its last checkpoint"
+    )
+    if resume_from:
+        start.add_argument("--resume-from", dest="resume", metavar="CKPT", help="continue from this checkpoint")
+    start.add_argument(
+        "--overwrite", action="store_true", help="start over: delete the run already in OUTPUT (checkpoints, logs)"
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="let --resume change what the run is (data, sizes, batch, schedule, optimizer, seed, model)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mimkit", description="Masked-image-modeling pretraining.")
     parser.add_argument("--version", action="version", version=f"mimkit {__version__}")
@@ -187,11 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder of images, or of clips for a video config (sets data.source=folder|clips and data.path)",
     )
     pre.add_argument("--output", help="output directory (sets output=...)")
-    resume = pre.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", action="store_const", const="auto", help="continue from OUTPUT/checkpoints/last.safetensors"
-    )
-    resume.add_argument("--resume-from", dest="resume", metavar="CKPT", help="continue from this checkpoint")
+    _add_run_options(pre, resume_from=True)
+    pre.add_argument("--dry-run", action="store_true", help="print the run's summary and stop; writes nothing")
     pre.add_argument(
         "overrides",
         nargs="*",
@@ -209,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="YAML config: a path, or a packaged recipe such as finetune/...")
         sub.add_argument("--checkpoint", help="pretrained weights: a mimkit checkpoint or an authors' release")
         sub.add_argument("--output", help="output directory (knn: a JSON file for the result)")
+        if command != "knn":
+            _add_run_options(sub, resume_from=False)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
         sub.set_defaults(handler=_knn if command == "knn" else _transfer)
 
@@ -255,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")
     viz.add_argument("--images", nargs="+", required=True, help="image files or folders")
     viz.add_argument("--output", default="reconstruction.png", help="PNG to write")
-    viz.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    viz.add_argument("--seed", type=int, default=0, help="seed of the random mask (and of the choice of images)")
+    viz.add_argument(
+        "--max-images", type=int, default=16, help="images in one grid; of more, a choice seeded by --seed (default 16)"
+    )
     viz.set_defaults(handler=_visualize)
 
     recipes = commands.add_parser("configs", help="list the packaged recipes (names for --config)")

@@ -14,6 +14,7 @@ from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.engine.config import PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
+from mimkit.engine.resume_config import run_fields
 from mimkit.errors import MimkitError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
@@ -23,10 +24,8 @@ from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]:
     """The pretraining model stored in a mimkit checkpoint, with its training config."""
     checkpoint = load_checkpoint(path)
-    record = dict(checkpoint.config)
-    resolved = record.pop("resolved_model", {})
-    config = from_dict(PretrainConfig, record)
-    model = create_model(config.model.name, **resolved)
+    config = from_dict(PretrainConfig, run_fields(PretrainConfig, checkpoint.config))
+    model = create_model(config.model.name, **checkpoint.config.get("resolved_model", {}))
     load_model_state(model, checkpoint.model, path)
     return model.eval(), config
 
@@ -43,15 +42,28 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
     return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
-def visualize_images(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0) -> Path:
-    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
+def visualize_images(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    output: str | Path,
+    seed: int = 0,
+    max_images: int = 16,
+) -> Path:
+    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files: at most
+    ``max_images`` rows; of more images, a choice seeded by ``seed`` (the seed of the mask too)."""
+    if max_images < 1:
+        raise MimkitError(f"--max-images must be at least 1, got {max_images}")
     model, config = load_pretrained(checkpoint)
     if config.data.source in CLIP_SOURCES:
         raise MimkitError(
             f"{checkpoint} holds a video model; `mimkit visualize` draws images (pretraining runs draw their clips)"
         )
     transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
-    batch, skipped = load_readable(ImageFiles(_image_files(images)), transform)
+    files = ImageFiles(_image_files(images))
+    chosen = seed if len(files) > max_images else None
+    batch, skipped = load_readable(files, transform, limit=max_images, seed=chosen)
+    if chosen is not None:
+        print(f"drawing {max_images} of {len(files)} images, chosen with --seed {seed} (--max-images sets the number)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
     if batch is None:

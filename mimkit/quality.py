@@ -330,7 +330,7 @@ def run_method(method: str, settings: QualitySettings, output: Path, say=print) 
             say(f"[quality] {method}: pretraining to step {point} of {steps}")
             segment_start = time.perf_counter()
             config.train.max_steps = point
-            checkpoint = pretrain(config, resume="auto").checkpoint
+            checkpoint = pretrain(config, resume="auto" if checkpoint else None).checkpoint
             result.pretrain_seconds += time.perf_counter() - segment_start
             model = load_pretrained(config, checkpoint)
         say(f"[quality] {method}: scoring the encoder at step {point} (kNN, linear probe, reconstruction)")

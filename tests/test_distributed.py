@@ -86,3 +86,17 @@ def test_two_process_finetuning_equals_one_process(tmp_path):
     single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
     double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
     assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
+
+
+def test_two_processes_stopped_and_resumed_equal_an_uninterrupted_run(tmp_path):
+    """Two gloo processes stopped mid-epoch by max_steps, then resumed with a bare ``--resume``: the same losses
+    and weights as two processes that ran through."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _run_two_processes("pretrain", *tiny_overrides(whole, "train.batch_size=4"))
+    _run_two_processes("pretrain", *tiny_overrides(split, "train.batch_size=4", "train.max_steps=3"))
+    assert len(_losses(split)) == 3
+    _run_two_processes("pretrain", "--output", str(split), "--resume")
+    assert _losses(split) == _losses(whole)
+    resumed = load_checkpoint(split / "checkpoints" / "last.safetensors").model
+    uninterrupted = load_checkpoint(whole / "checkpoints" / "last.safetensors").model
+    assert all(resumed[k].equal(uninterrupted[k]) for k in uninterrupted)

@@ -93,14 +93,18 @@ def collate_items(items: list[dict]) -> dict:
 
 
 def load_readable(
-    source: ImageSource, transform: Callable, limit: int | None = None
+    source: ImageSource, transform: Callable, limit: int | None = None, seed: int | None = None
 ) -> tuple[torch.Tensor | None, list[str]]:
-    """Transform the first ``limit`` readable images of ``source`` (all when None) into one batch.
+    """Transform the first ``limit`` readable images of ``source`` (all when None) into one batch; with ``seed``
+    the images are tried in a seeded random order (a fixed choice that is not simply the first files).
 
     Returns the batch (None if nothing could be read) and a description of each unreadable image skipped.
     """
+    order = range(len(source))
+    if seed is not None:
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
     images, skipped = [], []
-    for index in range(len(source)):
+    for index in order:
         if limit is not None and len(images) == limit:
             break
         try:
@@ -113,7 +117,11 @@ def load_readable(
 def batch_loader(
     dataset: torch.utils.data.Dataset, batch_size: int, sampler, num_workers: int, device: torch.device
 ) -> torch.utils.data.DataLoader:
-    """A loader of :func:`collate_items` batches in ``sampler``'s order (pinned memory when feeding a GPU)."""
+    """A loader of :func:`collate_items` batches in ``sampler``'s order (pinned memory when feeding a GPU).
+
+    The loader draws its workers' base seed from a generator of its own: drawn from torch's global generator, each
+    new pass over the data would shift the random stream of drop path and the like, so a run resumed mid-epoch
+    (one more pass) would differ from an uninterrupted one. Samples are seeded by :class:`AugmentedDataset`."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -121,4 +129,5 @@ def batch_loader(
         num_workers=num_workers,
         collate_fn=collate_items,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator(),
     )

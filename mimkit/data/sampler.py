@@ -37,7 +37,10 @@ class StepSampler(torch.utils.data.Sampler):
         self.start_step = 0
 
     def set_position(self, epoch: int, start_step: int = 0) -> None:
-        """Begin the next iteration at ``start_step`` of ``epoch``."""
+        """Begin the next iteration at ``start_step`` of ``epoch`` (a step of this epoch: one past its end would
+        give an empty iteration)."""
+        if not 0 <= start_step < self.steps_per_epoch:
+            raise ValueError(f"start step {start_step} is outside the epoch's steps 0..{self.steps_per_epoch - 1}")
         self.epoch = epoch
         self.start_step = start_step
 

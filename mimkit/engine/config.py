@@ -51,8 +51,6 @@ class TrainSection(LoopFields):
     """Run the model's forward (and so its backward) through ``torch.compile``. It pays on GPUs; on a 2-core CPU
     it did not pay for a small MAE (0.92x after 80 s of compilation, ``shared/bench/official_cpu.md``), so check
     with ``mimkit bench --compile`` before using it there."""
-    checkpoint_every: NonNegativeInt = 0
-    """Also write a checkpoint every this many steps (0: only at the end of each epoch)."""
     visualize_images: NonNegativeInt = 4
     """Images in the end-of-epoch reconstruction grid (0: none)."""
 

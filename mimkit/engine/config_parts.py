@@ -70,3 +70,8 @@ class LoopFields(Settings):
     max_steps: Count | None = None
     """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""
     log_every: Count = 10
+    checkpoint_every: NonNegativeInt = 0
+    """Also write ``last`` every this many steps, for a mid-epoch resume (0: only at the end of each epoch)."""
+    keep_checkpoints: NonNegativeInt = 2
+    """Besides ``last`` (and a transfer run's ``best``), keep the N most recent checkpoints as
+    ``checkpoints/step_NNNNNNNN.safetensors`` (0: none)."""

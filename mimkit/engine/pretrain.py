@@ -29,20 +29,15 @@ from mimkit.data import (
 )
 from mimkit.data.sources import ImageSource
 from mimkit.data.video import ClipTransform, build_clip_source
-from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_checkpoint
-from mimkit.engine.checkpoint_checks import check_position_fits, load_model_state, load_optimizer_state
+from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
-from mimkit.engine.distributed import (
-    DistInfo,
-    barrier,
-    init_distributed,
-    mean_across_processes,
-    sum_across_processes,
-)
-from mimkit.engine.metrics import MetricsLog, ProgressDisplay
+from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
-from mimkit.errors import MimkitError, NonFiniteError, NonFiniteLossError
+from mimkit.engine.resume_config import RunGeometry
+from mimkit.engine.run_folder import METRICS_NAME
+from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model, model_config
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
@@ -102,27 +97,41 @@ def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
 
 
 class Pretrainer:
-    """Runs :class:`PretrainConfig`; ``run()`` returns a :class:`RunSummary`."""
+    """Runs :class:`PretrainConfig`; ``run()`` returns a :class:`RunSummary`.
 
-    def __init__(self, config: PretrainConfig, resume: str | None = None) -> None:
+    ``resume``, ``overwrite`` and ``allow_changes``: see :class:`~mimkit.engine.run_session.RunSession`. Building
+    a Pretrainer reads and checks but writes nothing; :meth:`run` takes the output folder and trains.
+    """
+
+    def __init__(
+        self,
+        config: PretrainConfig,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+        allow_changes: bool = False,
+    ) -> None:
         self.config = config
         self.dist: DistInfo = init_distributed(config.train.device)
         self.output = Path(config.output)
-        self.checkpoint_path = self.output / "checkpoints" / "last.safetensors"
+        self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag="pretrain")
+        self.checkpoint_path = self.session.folder.last_checkpoint
         train, data = config.train, config.data
-        torch.manual_seed(train.seed + self.dist.rank)
+        seed_global_generators(train.seed + self.dist.rank)
 
         self.source, transform, viz_transform = data_pipeline(data)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)
         self.micro_batch_global = train.batch_size * self.dist.world_size
-        samples = data.samples_per_epoch or (SAMPLE_CROPS_PER_EPOCH if data.source == "samples" else len(self.source))
-        self.steps_per_epoch = samples // (self.micro_batch_global * train.accum_steps)
+        self.samples_per_epoch = data.samples_per_epoch or (
+            SAMPLE_CROPS_PER_EPOCH if data.source == "samples" else len(self.source)
+        )
+        self.steps_per_epoch = self.samples_per_epoch // (self.micro_batch_global * train.accum_steps)
         if self.steps_per_epoch < 1:
             raise MimkitError(
-                f"an epoch of {samples} images is smaller than one optimizer step "
+                f"an epoch of {self.samples_per_epoch} images is smaller than one optimizer step "
                 f"({self.micro_batch_global * train.accum_steps} images); lower train.batch_size or raise "
                 "data.samples_per_epoch"
             )
+        self.geometry = RunGeometry(self.micro_batch_global * train.accum_steps, self.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * train.epochs
         self.sampler = StepSampler(
             len(self.source),
@@ -135,15 +144,15 @@ class Pretrainer:
         self.loader = batch_loader(dataset, train.batch_size, self.sampler, data.num_workers, self.dist.device)
 
         self.model = build_pretrain_model(config).to(self.dist.device)
-        self.lr = effective_lr(config.optim.base_lr, self.micro_batch_global * train.accum_steps)
+        self.lr = effective_lr(config.optim.base_lr, self.geometry.images_per_step)
         self.optimizer = build_optimizer(self.model, self.lr, config.optim.weight_decay, config.optim.betas)
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
         self.position = TrainPosition()
         self.resumed_from: Path | None = None
-        resume_path = self._resume_path(resume)
-        if resume_path is not None:
-            self._load(resume_path)
+        if self.session.resuming:
+            _, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.resumed_from = self.session.resume_path
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None
@@ -154,51 +163,41 @@ class Pretrainer:
         self.step_module = self.ddp or self.model
         if train.compile:
             self.step_module = torch.compile(self.step_module)
-        self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images)
+        self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images, seed=train.seed)
         self.viz_noise = None
         if self.viz_images is not None:
             image_hw = tuple(self.viz_images.shape[-2:])
             self.viz_noise = self.model.sample_noise(len(self.viz_images), image_hw, _step_generator(train.seed, -1))
 
-    def _resume_path(self, resume: str | None) -> Path | None:
-        if resume is None:
-            return None
-        if resume == "auto":
-            return self.checkpoint_path if self.checkpoint_path.is_file() else None
-        return Path(resume)
-
-    def _load(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path)
-        saved_name = checkpoint.config.get("model", {}).get("name")
-        if saved_name != self.config.model.name:
-            raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
-        check_position_fits(checkpoint.position, self.steps_per_epoch, path)
-        load_model_state(self.model, checkpoint.model, path)
-        if checkpoint.optimizer is not None:
-            load_optimizer_state(self.optimizer, checkpoint.optimizer, path)
-        if checkpoint.rng is not None:
-            restore_rng(checkpoint.rng)
-        self.position = checkpoint.position
-        self.resumed_from = path
+    def describe(self) -> list[str]:
+        """The start-up summary: data, schedule, batch and learning rate, model, device, output."""
+        train, data = self.config.train, self.config.data
+        where = f" at {data.path}" if data.path else ""
+        accumulation = f" x {train.accum_steps} accumulated" if train.accum_steps > 1 else ""
+        per_step = self.geometry.images_per_step
+        return [
+            f"pretrain {self.config.model.name}",
+            f"data:       {len(self.source)} images ({data.source}{where}), {self.samples_per_epoch} random crops of "
+            f"{data.img_size} px per epoch",
+            f"batch:      {per_step} images per step ({train.batch_size} per process{accumulation}), lr "
+            f"{self.lr:.3g} (base_lr {self.config.optim.base_lr:g} x {per_step} / 256)",
+            *self.session.summary(self.model, self.steps_per_epoch, self.total_steps),
+        ]
 
     def _save(self) -> Path:
         record = to_dict(self.config)
         record["resolved_model"] = to_dict(self.model.config)
-        if self.dist.is_main:
-            try:
-                save_checkpoint(self.checkpoint_path, self.model, record, self.position, self.optimizer)
-            except NonFiniteError as err:
-                where = f"by step {self.position.step}: {err}; stopping. {self._last_good()}"
-                raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
-        barrier()
-        return self.checkpoint_path
+        return self.session.save(
+            "last",
+            self.model,
+            record,
+            self.position,
+            self.geometry,
+            self.optimizer,
+            keep=self.config.train.keep_checkpoints,
+        )
 
-    def _last_good(self) -> str:
-        """Where the run can be picked up: every checkpoint written is finite (``save_checkpoint`` refuses others)."""
-        written = "" if self.checkpoint_path.exists() else " (none written yet)"
-        return f"The last good checkpoint is {self.checkpoint_path}{written}"
-
-    def _write_reconstructions(self, epoch: int) -> Path | None:
+    def _write_reconstructions(self, name: str) -> Path | None:
         if self.viz_images is None or not self.dist.is_main:
             return None
         tiles = reconstruction_grid(
@@ -208,7 +207,7 @@ class Pretrainer:
             self.config.data.std,
             noise=self.viz_noise.to(self.dist.device),
         )
-        return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"epoch_{epoch:04d}.png")
+        return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"{name}.png")
 
     def _accumulate(self, batch: dict, micro: int, noise: torch.Tensor) -> torch.Tensor:
         """Forward/backward of micro-batch ``micro`` of the current step; returns its detached loss.
@@ -236,7 +235,7 @@ class Pretrainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
                 f"loss is {loss_value} at step {self.position.step + 1} (epoch {self.position.epoch}); "
-                f"stopping without applying this update. {self._last_good()}"
+                f"stopping without applying this update. {self.session.last_good()}"
             )
         self.scheduler.step_update(self.position.step)
         if self.config.optim.clip_grad is not None:
@@ -249,35 +248,37 @@ class Pretrainer:
         train = self.config.train
         main = self.dist.is_main
         start = time.perf_counter()
-        resumed = self.resumed_from is not None
-        metrics = MetricsLog(self.output, main, resume_step=self.position.step if resumed else None)
-        stop_at = min(self.total_steps, train.max_steps or self.total_steps)
-        progress = ProgressDisplay(stop_at, self.position.step, main, train.log_every)
-        summary = RunSummary(output=self.output, metrics=metrics.path if main else None)
-        if resumed:
-            progress.message(f"resumed from {self.resumed_from} at step {self.position.step}")
+        stop_at = self.session.stop_at(self.total_steps)
+        summary = RunSummary(output=self.output, metrics=self.output / METRICS_NAME if main else None)
+        if self.session.finished(self.position.step, stop_at, self.total_steps):
+            summary.checkpoint, summary.steps = self.resumed_from, self.position.step
+            return summary
         self.model.train()
-        try:
+        with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
+            metrics,
+            progress,
+        ):
             while self.position.step < stop_at:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
+                steps_before = self.position.step
                 window_start, window_images = time.perf_counter(), 0
                 micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
                 for batch in self.loader:
                     summary.skipped_images += batch["skipped"]
                     if micro == 0:
-                        step_images = self.micro_batch_global * train.accum_steps
                         generator = _step_generator(train.seed, self.position.step)
-                        noise = self.model.sample_noise(step_images, tuple(batch["image"].shape[-2:]), generator)
+                        noise = self.model.sample_noise(
+                            self.geometry.images_per_step, tuple(batch["image"].shape[-2:]), generator
+                        )
                     loss_sum += self._accumulate(batch, micro, noise)
                     micro += 1
                     if micro < train.accum_steps:
                         continue
                     loss = self._apply_update(loss_sum)
-                    window_images += self.micro_batch_global * train.accum_steps
+                    window_images += self.geometry.images_per_step
                     micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
-                    self.position.step += 1
-                    self.position.step_in_epoch += 1
+                    epoch_ended = advance(self.position, self.steps_per_epoch)
                     summary.last_loss = loss
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
@@ -291,34 +292,41 @@ class Pretrainer:
                         }
                     )
                     progress.update(self.position.step, epoch, loss, lr, speed)
+                    if epoch_ended or self.position.step >= stop_at:
+                        break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.checkpoint = self._save()
-                    if self.position.step >= stop_at:
-                        break
-                if self.position.step_in_epoch == self.steps_per_epoch:
-                    self.position.epoch += 1
-                    self.position.step_in_epoch = 0
+                check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
+                if self.position.epoch > epoch:
                     summary.checkpoint = self._save()
-                    picture = self._write_reconstructions(epoch)
-                    if picture is not None:
-                        summary.reconstructions.append(picture)
+                    self._add_picture(summary, f"epoch_{epoch:04d}")
                     progress.message(
                         f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}"
                     )
             if summary.checkpoint is None or self.position.step_in_epoch:
                 summary.checkpoint = self._save()
-        finally:
-            progress.close()
-            metrics.close()
-        skipped = torch.tensor(summary.skipped_images, device=self.dist.device)
-        summary.skipped_images = int(sum_across_processes(skipped).item())
-        if summary.skipped_images and main:
-            print(f"warning: skipped {summary.skipped_images} unreadable or truncated image loads", flush=True)
+            if self.position.step_in_epoch:
+                self._add_picture(summary, f"epoch_{self.position.epoch:04d}_step_{self.position.step:08d}")
+            skipped = torch.tensor(summary.skipped_images, device=self.dist.device)
+            summary.skipped_images = int(sum_across_processes(skipped).item())
+            if summary.skipped_images:
+                progress.message(f"warning: skipped {summary.skipped_images} unreadable or truncated image loads")
         summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
         return summary
 
+    def _add_picture(self, summary: RunSummary, name: str) -> None:
+        picture = self._write_reconstructions(name)
+        if picture is not None:
+            summary.reconstructions.append(picture)
 
-def pretrain(config: PretrainConfig, resume: str | None = None) -> RunSummary:
-    """Pretrain as ``config`` says; ``resume`` is a checkpoint path or ``'auto'`` (the run's last one)."""
-    return Pretrainer(config, resume).run()
+
+def pretrain(
+    config: PretrainConfig,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    allow_changes: bool = False,
+) -> RunSummary:
+    """Pretrain as ``config`` says; ``resume`` is a checkpoint path or ``'auto'`` (the run's last one), see
+    :class:`Pretrainer`."""
+    return Pretrainer(config, resume, overwrite, allow_changes).run()

@@ -89,7 +89,8 @@ class TransferTrainSection(LoopFields):
     log_every: Count = 20
     eval_batch_size: Count = 256
     eval_every: NonNegativeInt = 1
-    """Validate (and write checkpoints) every this many epochs and after the last; 0: after the last only."""
+    """Validate (and write ``best``) every this many epochs and after the last; 0: after the last only."""
+    keep_checkpoints: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -20,10 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
 from mimkit.data import AugmentedDataset, StepSampler, batch_loader
-from mimkit.engine.checkpoint import TrainPosition, save_checkpoint
-from mimkit.engine.distributed import barrier, init_distributed, mean_across_processes, sum_across_processes
+from mimkit.engine.checkpoint import TrainPosition
+from mimkit.engine.distributed import init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, build_scheduler, effective_lr
+from mimkit.engine.resume_config import RunGeometry
+from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
@@ -61,13 +63,24 @@ def build_optimizer(model: Classifier, config: TransferConfig, lr: float) -> tor
 
 
 class TransferTrainer:
-    """Runs a :class:`TransferConfig`; ``run()`` returns a :class:`TransferSummary`."""
+    """Runs a :class:`TransferConfig`; ``run()`` returns a :class:`TransferSummary`.
 
-    def __init__(self, config: TransferConfig) -> None:
+    ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining
+    (:class:`~mimkit.engine.run_session.RunSession`); a resumed run continues exactly, mid-epoch included.
+    """
+
+    def __init__(
+        self,
+        config: TransferConfig,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+        allow_changes: bool = False,
+    ) -> None:
         self.config = config
         train, data = config.train, config.data
         self.dist = init_distributed(train.device)
-        torch.manual_seed(train.seed + self.dist.rank)
+        self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=config.protocol)
+        seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
         self.train_source, self.val_source, self.num_classes = labelled_sources(data)
 
@@ -118,6 +131,12 @@ class TransferTrainer:
         self.total_steps = self.steps_per_epoch * train.epochs
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
+        self.geometry = RunGeometry(global_batch, self.steps_per_epoch)
+        self.position = TrainPosition()
+        self.best_top1 = 0.0
+        if self.session.resuming:
+            checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.best_top1 = checkpoint.config.get("best_top1", 0.0)
         self.ddp = None
         if self.dist.world_size > 1 and config.protocol == "finetune":
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
@@ -161,61 +180,86 @@ class TransferTrainer:
         counts = sum_across_processes(counts)
         return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
 
-    def _save(self, name: str, position: TrainPosition) -> Path:
-        path = self.output / "checkpoints" / f"{name}.safetensors"
-        record = {**to_dict(self.config), "num_classes": self.num_classes}
-        if self.dist.is_main:
-            save_checkpoint(path, self.model, record, position, with_rng=False)
-        barrier()
-        return path
+    def describe(self) -> list[str]:
+        """The start-up summary: encoder and weights, data, batch and learning rate, device, schedule, output."""
+        config, train = self.config, self.config.train
+        weights = config.model.checkpoint or "a random init"
+        return [
+            f"{config.protocol} {config.model.name} from {weights}",
+            f"data:       {len(self.train_source)} training and {len(self.val_source)} validation images, "
+            f"{self.num_classes} classes ({config.data.source}), {config.data.img_size} px",
+            f"batch:      {self.geometry.images_per_step} images per step ({train.batch_size} per process), lr "
+            f"{self.lr:.3g} (base_lr {config.optim.base_lr:g} x {self.geometry.images_per_step} / 256)",
+            *self.session.summary(self.model, self.steps_per_epoch, self.total_steps),
+        ]
+
+    def _save(self, name: str) -> Path:
+        """``last`` holds everything a resume needs (optimizer, RNG states); ``best`` the classifier alone."""
+        record = {**to_dict(self.config), "num_classes": self.num_classes, "best_top1": self.best_top1}
+        last = name == "last"
+        return self.session.save(
+            name,
+            self.model,
+            record,
+            self.position,
+            self.geometry,
+            self.optimizer if last else None,
+            keep=self.config.train.keep_checkpoints if last else 0,
+        )
+
+    def _validate(self, epoch: int, summary: TransferSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
+        top1, top5 = self.evaluate()
+        summary.last_top1, summary.last_top5 = top1, top5
+        record = {"step": self.position.step, "epoch": epoch, "val_top1": top1, "val_top5": top5}
+        metrics.write(record)
+        summary.history.append(record)
+        if top1 >= self.best_top1:
+            self.best_top1 = top1
+            summary.best_checkpoint = self._save("best")
+        summary.best_top1 = self.best_top1
+        progress.message(f"epoch {epoch}: val top-1 {top1:.2f}%  top-5 {top5:.2f}%  (best {self.best_top1:.2f}%)")
 
     def run(self) -> TransferSummary:
         train = self.config.train
-        main = self.dist.is_main
         start = time.perf_counter()
-        summary = TransferSummary(output=self.output)
-        metrics = MetricsLog(self.output, main)
-        stop_at = min(self.total_steps, train.max_steps or self.total_steps)
-        progress = ProgressDisplay(stop_at, 0, main, train.log_every, label=self.config.protocol)
-        step = 0
-        try:
-            for epoch in range(train.epochs):
-                self.sampler.set_position(epoch, 0)
+        best = self.session.folder.checkpoints / "best.safetensors"
+        earlier_best = best if self.session.resuming and best.is_file() else None
+        summary = TransferSummary(output=self.output, best_top1=self.best_top1, best_checkpoint=earlier_best)
+        stop_at = self.session.stop_at(self.total_steps)
+        if self.session.finished(self.position.step, stop_at, self.total_steps):
+            summary.steps = self.position.step
+            return summary
+        with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
+            metrics,
+            progress,
+        ):
+            while self.position.step < stop_at:
+                epoch = self.position.epoch
+                self.sampler.set_position(epoch, self.position.step_in_epoch)
                 self.model.train()
+                steps_before = self.position.step
                 window_start = time.perf_counter()
                 for batch in self.loader:
-                    loss = self._train_step(batch, step)
-                    step += 1
+                    loss = self._train_step(batch, self.position.step)
+                    epoch_ended = advance(self.position, self.steps_per_epoch)
                     lr = max(group["lr"] for group in self.optimizer.param_groups)
                     now = time.perf_counter()
-                    speed = train.batch_size * self.dist.world_size / max(now - window_start, 1e-9)
+                    speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    metrics.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr})
-                    progress.update(step, epoch, loss, lr, speed)
-                    if step >= stop_at:
+                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr})
+                    progress.update(self.position.step, epoch, loss, lr, speed)
+                    if epoch_ended or self.position.step >= stop_at:
                         break
-                last = step >= stop_at or epoch == train.epochs - 1
-                if not last and (train.eval_every == 0 or (epoch + 1) % train.eval_every):
-                    continue
-                top1, top5 = self.evaluate()
-                summary.last_top1, summary.last_top5 = top1, top5
-                position = TrainPosition(step=step, epoch=epoch + 1)
-                summary.last_checkpoint = self._save("last", position)
-                if top1 >= summary.best_top1:
-                    summary.best_top1 = top1
-                    summary.best_checkpoint = self._save("best", position)
-                record = {"step": step, "epoch": epoch, "val_top1": top1, "val_top5": top5}
-                metrics.write(record)
-                summary.history.append(record)
-                progress.message(
-                    f"epoch {epoch}: val top-1 {top1:.2f}%  top-5 {top5:.2f}%  (best {summary.best_top1:.2f}%)"
-                )
-                if step >= stop_at:
-                    break
-        finally:
-            progress.close()
-            metrics.close()
-        summary.steps = step
+                    if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
+                        summary.last_checkpoint = self._save("last")
+                check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
+                epoch_done = self.position.epoch > epoch
+                stopping = self.position.step >= stop_at
+                if stopping or (epoch_done and train.eval_every and (epoch + 1) % train.eval_every == 0):
+                    self._validate(epoch, summary, metrics, progress)
+                if epoch_done or stopping:
+                    summary.last_checkpoint = self._save("last")
+        summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
         return summary
 

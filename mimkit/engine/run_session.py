@@ -1,0 +1,197 @@
+"""What pretraining and fine-tuning share around their training loops: the output folder's rules and lock,
+resuming a checkpoint, the run's records, and the checkpoints it writes and keeps."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mimkit.config_schema import to_dict
+from mimkit.engine.checkpoint import Checkpoint, TrainPosition, load_checkpoint, restore_rng, save_checkpoint
+from mimkit.engine.checkpoint_checks import load_model_state, load_optimizer_state
+from mimkit.engine.distributed import DistInfo, barrier
+from mimkit.engine.metrics import MetricsLog, ProgressDisplay
+from mimkit.engine.resume_config import RunGeometry, check_resume_changes, fit_position, resume_checkpoint
+from mimkit.engine.retention import keep_checkpoint
+from mimkit.engine.run_folder import RunFolder
+from mimkit.errors import CheckpointError, MimkitError, NonFiniteError
+
+
+class RunSession:
+    """One invocation of a training run writing to ``config.output``.
+
+    ``resume``: ``None`` (a new run; refused where the folder holds one unless ``overwrite``), ``'auto'`` (the
+    folder's ``last.safetensors``, which must exist) or a checkpoint path. ``allow_changes`` lets a resume change
+    what the run is (see :mod:`mimkit.engine.resume_config`). ``tag`` names the run's TensorBoard scalars and
+    progress label (``pretrain``, ``finetune``, ``linprobe``).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        dist: DistInfo,
+        resume: str | Path | None,
+        overwrite: bool,
+        allow_changes: bool,
+        tag: str,
+    ) -> None:
+        self.config = config
+        self.dist = dist
+        self.folder = RunFolder(config.output)
+        self.overwrite = overwrite
+        self.allow_changes = allow_changes
+        self.tag = tag
+        self.resume_path = resume_checkpoint(self.folder.path, resume) if resume is not None else None
+        if dist.is_main:
+            self.folder.check_start(self.resume_path, overwrite)
+        self.notes: list[str] = []
+        """Lines for the run's start (what a resume changed), printed and logged by :meth:`records`."""
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_path is not None
+
+    def restore(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, geometry: RunGeometry
+    ) -> tuple[Checkpoint, TrainPosition]:
+        """Load the checkpoint to resume into ``model`` and ``optimizer`` and restore the RNG states, after checking
+        that its config and position fit this run; returns the checkpoint and the position to continue at."""
+        path = self.resume_path
+        checkpoint = load_checkpoint(path)
+        changes = check_resume_changes(type(self.config), checkpoint.config, self.config, self.allow_changes, path)
+        saved_name = checkpoint.config.get("model", {}).get("name")
+        if saved_name != self.config.model.name:
+            raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
+        if checkpoint.optimizer is None or checkpoint.rng is None:
+            raise CheckpointError(
+                f"{path} holds no optimizer and RNG states (a best checkpoint, or one written by an older mimkit), so "
+                "it cannot continue a run; start a new run from its weights instead"
+            )
+        position = fit_position(checkpoint.position, checkpoint.config.get("run"), geometry, self.allow_changes, path)
+        load_model_state(model, checkpoint.model, path)
+        load_optimizer_state(optimizer, checkpoint.optimizer, path)
+        restore_rng(checkpoint.rng)
+        self.notes.append(f"resuming {path} at step {position.step} (epoch {position.epoch})")
+        if position != checkpoint.position:
+            self.notes.append(f"the run's steps changed: step {checkpoint.position.step} is now step {position.step}")
+        self.notes += [f"changed on resume: {change}" for change in changes]
+        return checkpoint, position
+
+    def stop_at(self, total_steps: int) -> int:
+        """The step this invocation stops at: the end of the schedule or ``train.max_steps``."""
+        return min(total_steps, self.config.train.max_steps or total_steps)
+
+    def summary(self, model: torch.nn.Module, steps_per_epoch: int, total_steps: int) -> list[str]:
+        """The start-up lines both trainers print about the model, where it runs, the schedule and the output."""
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        processes = f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else ""
+        stop_at = self.stop_at(total_steps)
+        stop = f"; this invocation stops at step {stop_at} (train.max_steps)" if stop_at < total_steps else ""
+        return [
+            f"parameters: {total / 1e6:.2f} M ({trainable / 1e6:.2f} M trained); device {self.dist.device}"
+            f"{processes}, {self.config.train.precision}",
+            f"schedule:   {steps_per_epoch} steps per epoch, {total_steps} steps in total{stop}",
+            f"output:     {self.folder.path}",
+        ]
+
+    def finished(self, step: int, stop_at: int, total_steps: int) -> bool:
+        """A resumed run already at its stop point says so (and there is nothing to write)."""
+        if not self.resuming or step < stop_at:
+            return False
+        if self.dist.is_main:
+            reason = f"train.max_steps={stop_at}" if stop_at < total_steps else f"the end of its {total_steps} steps"
+            print(f"{self.folder.path}: the run is at step {step}, {reason}: nothing to do")
+        return True
+
+    @contextmanager
+    def records(
+        self, step: int, stop_at: int, log_every: int, summary: list[str]
+    ) -> Iterator[tuple[MetricsLog, ProgressDisplay]]:
+        """Hold the run folder (main process: lock, refuse or clear an earlier run, remove stale temporary files,
+        write ``config.yaml``) and its records while the loop runs; ``summary`` starts the log."""
+        main = self.dist.is_main
+        with ExitStack() as stack:
+            if main:
+                stack.enter_context(self.folder.session(self.resume_path, self.overwrite, to_dict(self.config)))
+            barrier()
+            metrics = MetricsLog(self.folder.path, main, step if self.resuming else None, tag=self.tag)
+            stack.callback(metrics.close)
+            progress = ProgressDisplay(stop_at, step, main, log_every, self.tag, self.folder.log_path)
+            stack.callback(progress.close)
+            removed = self.folder.removed_temporaries
+            notes = [*summary, *self.notes, *metrics.notes]
+            if removed:
+                notes.append(f"removed {len(removed)} stale temporary file(s) of interrupted writes")
+            for line in notes:
+                progress.message(line)
+            try:
+                yield metrics, progress
+            except MimkitError as err:
+                progress.message(f"stopped: {err}")
+                raise
+
+    def save(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        record: dict[str, Any],
+        position: TrainPosition,
+        geometry: RunGeometry,
+        optimizer: torch.optim.Optimizer | None = None,
+        keep: int = 0,
+    ) -> Path:
+        """Write checkpoint ``checkpoints/<name>.safetensors`` (main process) with the run geometry in its record
+        and, with ``optimizer``, everything a resume needs; keep the ``keep`` latest as periodic copies."""
+        path = self.folder.checkpoints / f"{name}.safetensors"
+        if self.dist.is_main:
+            full_record = {**record, "run": asdict(geometry)}
+            try:
+                save_checkpoint(path, model, full_record, position, optimizer, with_rng=optimizer is not None)
+            except NonFiniteError as err:
+                where = f"by step {position.step}: {err}; stopping. {self.last_good()}"
+                raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
+            keep_checkpoint(path, position.step, keep)
+        barrier()
+        return path
+
+    def last_good(self) -> str:
+        """Where the run can be picked up: every checkpoint written is finite (``save_checkpoint`` refuses others)."""
+        last = self.folder.last_checkpoint
+        return f"The last good checkpoint is {last}" + ("" if last.exists() else " (none written yet)")
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed torch's, NumPy's and Python's global generators (timm's Mixup/CutMix draw from NumPy's), so a run
+    starts alike in a fresh process and in one that ran something before."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def advance(position: TrainPosition, steps_per_epoch: int) -> bool:
+    """Count one optimizer step; at the end of an epoch the position moves to the start of the next at once, so
+    no checkpoint ever records a step one past its epoch's end. Returns whether the epoch ended."""
+    position.step += 1
+    position.step_in_epoch += 1
+    if position.step_in_epoch < steps_per_epoch:
+        return False
+    position.epoch += 1
+    position.step_in_epoch = 0
+    return True
+
+
+def check_epoch_progress(steps_before: int, position: TrainPosition, steps_per_epoch: int) -> None:
+    """A pass over an epoch's data that made no optimizer step would repeat forever: stop instead."""
+    if position.step == steps_before:
+        raise RuntimeError(
+            f"epoch {position.epoch} gave no optimizer step from step {position.step_in_epoch} of {steps_per_epoch}: "
+            "the data position does not fit the run"
+        )
