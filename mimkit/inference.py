@@ -24,6 +24,11 @@ def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]
     """The pretraining model stored in a mimkit checkpoint, with its training config."""
     checkpoint = load_checkpoint(path)
     record = dict(checkpoint.config)
+    if "protocol" in record:
+        raise MimkitError(
+            f"{path} is a {record['protocol']} checkpoint (a classifier, no decoder to reconstruct with); "
+            "use a pretraining checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
+        )
     resolved = record.pop("resolved_model", {})
     config = from_dict(PretrainConfig, record)
     model = create_model(config.model.name, **resolved)

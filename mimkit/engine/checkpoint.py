@@ -37,9 +37,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from mimkit.engine.checkpoint_metadata import FORMAT
 from mimkit.errors import CheckpointError, NonFiniteError
 
-FORMAT = "mimkit-checkpoint/1"
 CHECKSUM_KEY = "checksum"
 CHECKSUM_PREFIX = "sha256:"
 SECTIONS = ("model", "optimizer", "rng")

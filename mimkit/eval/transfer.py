@@ -28,7 +28,7 @@ from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
 from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources, train_transform
-from mimkit.eval.loading import load_encoder
+from mimkit.eval.loading import load_encoder, resolved_encoder_config
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TransferTrainer:
         if config.protocol == "finetune":
             args.setdefault("drop_path_rate", train.drop_path)
         encoder = load_encoder(config.model.name, args, config.model.checkpoint)
+        self.resolved_model = resolved_encoder_config(config.model.name, args, config.model.checkpoint)
         self.model = Classifier(encoder, self.num_classes, linear_probe=config.protocol == "linprobe")
         self.model.to(self.dist.device)
 
@@ -163,7 +164,7 @@ class TransferTrainer:
 
     def _save(self, name: str, position: TrainPosition) -> Path:
         path = self.output / "checkpoints" / f"{name}.safetensors"
-        record = {**to_dict(self.config), "num_classes": self.num_classes}
+        record = {**to_dict(self.config), "num_classes": self.num_classes, "resolved_model": self.resolved_model}
         if self.dist.is_main:
             save_checkpoint(path, self.model, record, position, with_rng=False)
         barrier()
