@@ -120,7 +120,7 @@ class TransferTrainer:
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
         self.ddp = None
-        if self.dist.world_size > 1 and config.protocol == "finetune":
+        if self.dist.world_size > 1:  # a probe's frozen encoder has no gradients: DDP averages the head's
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
 
