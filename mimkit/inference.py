@@ -17,6 +17,7 @@ from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.errors import MimkitError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
+from mimkit.output_guard import check_output
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 
 
@@ -49,14 +50,17 @@ def _image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def visualize_images(checkpoint: str | Path, images: Sequence[str | Path], output: str | Path, seed: int = 0) -> Path:
-    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files."""
+    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files; never over one
+    of them or a checkpoint."""
+    files = _image_files(images)
+    check_output(output, [checkpoint, *files])
     model, config = load_pretrained(checkpoint)
     if config.data.source in CLIP_SOURCES:
         raise MimkitError(
             f"{checkpoint} holds a video model; `mimkit visualize` draws images (pretraining runs draw their clips)"
         )
     transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
-    batch, skipped = load_readable(ImageFiles(_image_files(images)), transform)
+    batch, skipped = load_readable(ImageFiles(files), transform)
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
     if batch is None:
