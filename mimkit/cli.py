@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_knn if command == "knn" else _transfer)
 
     exp = commands.add_parser("export", help="write a pretrained encoder as a safetensors file timm loads")
-    exp.add_argument("--checkpoint", required=True, help="a mimkit pretraining checkpoint (.safetensors)")
+    exp.add_argument(
+        "--checkpoint", required=True, help="a mimkit checkpoint: pretraining, fine-tuning or probe (.safetensors)"
+    )
     exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
     exp.set_defaults(handler=_export)
 
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=_bench)
 
     viz = commands.add_parser("visualize", help="write a reconstruction grid for some images")
-    viz.add_argument("--checkpoint", required=True, help="a mimkit checkpoint (.safetensors)")
+    viz.add_argument("--checkpoint", required=True, help="a mimkit pretraining checkpoint (.safetensors)")
     viz.add_argument("--images", nargs="+", required=True, help="image files or folders")
     viz.add_argument("--output", default="reconstruction.png", help="PNG to write")
     viz.add_argument("--seed", type=int, default=0, help="seed of the random mask (and of the choice of images)")

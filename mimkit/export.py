@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -23,11 +23,13 @@ from mimkit.backbones.convvit import ConvViTEncoder
 from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import to_dict
-from mimkit.engine.checkpoint import load_checkpoint
+from mimkit.engine.checkpoint import atomic_write, load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.errors import MimkitError
+from mimkit.eval.checkpoint_record import recorded_model
 from mimkit.eval.loading import encoder_weights
 from mimkit.models import create_encoder, encoder_class, model_config
+from mimkit.output_guard import check_output
 
 TIMM_NAMES = {
     "mimkit_vit_tiny_patch16": "mae_vit_tiny_patch16",
@@ -199,22 +201,19 @@ def timm_model_for(pretraining_model: str, resolved: dict[str, Any]) -> tuple[st
 
 
 def export_encoder(checkpoint: str | Path, output: str | Path) -> tuple[Path, str, dict]:
-    """Write the encoder of a mimkit pretraining checkpoint as a safetensors file timm loads.
+    """Write the encoder of a mimkit checkpoint (pretraining, or the ``encoder.*`` weights of a fine-tuned or
+    probed classifier) as a safetensors file timm loads, atomically; never over the checkpoint or another one.
 
     Returns the file, the timm name to create it with, and the encoder fields that differ from that name's
     defaults (pass them as keyword arguments to ``timm.create_model``; they are also in the file's metadata).
     """
+    output = check_output(output, [checkpoint])
     stored = load_checkpoint(checkpoint)
-    name = stored.config.get("model", {}).get("name")
-    if name is None:
-        raise MimkitError(f"{checkpoint} records no model name; is it a mimkit pretraining checkpoint?")
-    resolved = _plain(stored.config.get("resolved_model", {}))
-    timm_name, fields = timm_model_for(name, resolved)
+    name, resolved = recorded_model(stored.config, checkpoint)
+    timm_name, fields = timm_model_for(name, _plain(resolved))
     wrapper = TimmEncoder(TIMM_NAMES[timm_name], **fields)
     load_model_state(wrapper.encoder, encoder_weights(stored.model, checkpoint), checkpoint)
     tensors = {k: v.detach().contiguous() for k, v in wrapper.state_dict().items()}
     metadata = {"timm_name": timm_name, "mimkit_model": name, "fields": json.dumps(fields)}
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(output), metadata=metadata)
+    atomic_write(output, save(tensors, metadata=metadata))
     return output, timm_name, fields

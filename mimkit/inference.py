@@ -18,12 +18,18 @@ from mimkit.engine.resume_config import run_fields
 from mimkit.errors import MimkitError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
+from mimkit.output_guard import check_output
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 
 
 def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]:
     """The pretraining model stored in a mimkit checkpoint, with its training config."""
     checkpoint = load_checkpoint(path)
+    if "protocol" in checkpoint.config:
+        raise MimkitError(
+            f"{path} is a {checkpoint.config['protocol']} checkpoint (a classifier, no decoder to reconstruct with); "
+            "use a pretraining checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
+        )
     config = from_dict(PretrainConfig, run_fields(PretrainConfig, checkpoint.config))
     model = create_model(config.model.name, **checkpoint.config.get("resolved_model", {}))
     load_model_state(model, checkpoint.model, path)
@@ -49,21 +55,24 @@ def visualize_images(
     seed: int = 0,
     max_images: int = 16,
 ) -> Path:
-    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files: at most
-    ``max_images`` rows; of more images, a choice seeded by ``seed`` (the seed of the mask too)."""
+    """Write the reconstruction grid (original | masked | reconstruction | pasted) for image files, never over one
+    of them or a checkpoint: at most ``max_images`` rows; of more images, a choice seeded by ``seed`` (the seed of
+    the mask too)."""
     if max_images < 1:
         raise MimkitError(f"--max-images must be at least 1, got {max_images}")
+    files = _image_files(images)
+    check_output(output, [checkpoint, *files])
     model, config = load_pretrained(checkpoint)
     if config.data.source in CLIP_SOURCES:
         raise MimkitError(
             f"{checkpoint} holds a video model; `mimkit visualize` draws images (pretraining runs draw their clips)"
         )
     transform = eval_transform(config.data.img_size, config.data.in_chans, config.data.mean, config.data.std)
-    files = ImageFiles(_image_files(images))
-    chosen = seed if len(files) > max_images else None
-    batch, skipped = load_readable(files, transform, limit=max_images, seed=chosen)
+    source = ImageFiles(files)
+    chosen = seed if len(source) > max_images else None
+    batch, skipped = load_readable(source, transform, limit=max_images, seed=chosen)
     if chosen is not None:
-        print(f"drawing {max_images} of {len(files)} images, chosen with --seed {seed} (--max-images sets the number)")
+        print(f"drawing {max_images} of {len(source)} images, chosen with --seed {seed} (--max-images sets the number)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
     if batch is None:

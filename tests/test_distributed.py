@@ -13,6 +13,7 @@ import pytest
 from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.checkpoint import load_checkpoint
 from tests.conftest import REPO_ROOT, tiny_overrides
+from tests.transfer_files import write_labelled_images
 
 
 def _free_port() -> int:
@@ -60,10 +61,26 @@ def test_two_processes_equal_one_process(tmp_path):
     assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
 
 
+def _check_two_processes_equal_one(command: str, output, common: list[str], steps: int) -> None:
+    """``mimkit <command>`` with 2 processes x 4 images matches 1 process x 8 images: ``steps`` equal losses, and
+    every tensor of the last checkpoint."""
+    one, two = output / "one", output / "two"
+    _run([sys.executable, "-m", "mimkit.cli", command, "--output", str(one), *common, "train.batch_size=8"])
+    _run_two_processes(command, "--output", str(two), *common, "train.batch_size=4")
+    losses = [
+        [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        for run in (one, two)
+    ]
+    assert len(losses[1]) == steps
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
+    double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
+    assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
+
+
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
 def test_two_process_finetuning_equals_one_process(tmp_path):
     """DDP fine-tuning: 2 processes x 4 images match 1 process x 8 images (losses, weights, accuracy)."""
-    one, two = tmp_path / "one", tmp_path / "two"
     common = [
         "model.args.patch_size=7",
         "model.args.embed_dim=32",
@@ -77,15 +94,23 @@ def test_two_process_finetuning_equals_one_process(tmp_path):
         "train.drop_path=0",
         "train.epochs=1",
     ]
-    _run([sys.executable, "-m", "mimkit.cli", "finetune", "--output", str(one), *common, "train.batch_size=8"])
-    _run_two_processes("finetune", "--output", str(two), *common, "train.batch_size=4")
-    steps = [r for r in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    reference = [r for r in map(json.loads, (one / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert len(steps) == 8
-    assert [r["loss"] for r in steps] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
-    single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
-    double = load_checkpoint(two / "checkpoints" / "last.safetensors").model
-    assert max((single[k] - double[k]).abs().max().item() for k in single) < 1e-5
+    _check_two_processes_equal_one("finetune", tmp_path, common, steps=8)
+
+
+def test_two_process_linear_probe_equals_one_process(tmp_path):
+    """DDP probing: the head's gradients are averaged and the probe's BatchNorm sees the global batch, so 2 processes
+    x 4 images match 1 process x 8 images (losses, the head and its BatchNorm statistics)."""
+    common = [
+        *write_labelled_images(tmp_path / "images"),
+        "model.args.patch_size=4",
+        "model.args.embed_dim=32",
+        "model.args.depth=2",
+        "model.args.num_heads=2",
+        "data.img_size=16",
+        "data.num_workers=0",
+        "train.epochs=1",
+    ]
+    _check_two_processes_equal_one("linprobe", tmp_path, common, steps=4)
 
 
 def test_two_processes_stopped_and_resumed_equal_an_uninterrupted_run(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import timm
 import torch
+from safetensors import safe_open
 from timm.loss import SoftTargetCrossEntropy
 
 import mimkit
@@ -13,15 +16,18 @@ from mimkit.cli import main
 from mimkit.config_paths import resolve_config_path
 from mimkit.config_schema import ConfigError, to_dict
 from mimkit.data.sources import FASHION_MNIST_DIR
-from mimkit.engine.checkpoint import save_checkpoint
+from mimkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from mimkit.errors import MimkitError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import load_knn_config, load_transfer_config
 from mimkit.eval.knn import knn_predict
 from mimkit.eval.loading import load_encoder
 from mimkit.eval.transfer import TransferTrainer
+from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
 from mimkit.official.mae import mae_config_from_official
+from tests.conftest import tiny_overrides
 from tests.parity_cases import discover
+from tests.transfer_files import pretrain_checkpoint, write_fashion_mnist_files, write_labelled_images
 
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),
@@ -201,8 +207,6 @@ def test_knn_on_frozen_features_runs_end_to_end(tmp_path, capsys):
     result = tmp_path / "knn.json"
     args = ["knn", "--output", str(result), *SMALL_VIT, "data.train_limit=2000", "data.val_limit=500"]
     assert main(args) == 0
-    import json
-
     top1 = json.loads(result.read_text())["top1"]
     assert math.isfinite(top1) and top1 > 40  # random features of Fashion-MNIST still cluster by class
 
@@ -220,3 +224,85 @@ def test_an_mr_mae_checkpoint_gives_its_encoder_without_its_teacher(tmp_path):
     teacher.unlink()
     encoder = load_encoder("mrmae_vit_tiny", {}, path)
     assert all(torch.equal(encoder.state_dict()[k], v) for k, v in model.encoder.state_dict().items())
+
+
+@pytest.fixture(params=["installed", "generated"])
+def fashion_mnist_args(request, tmp_path) -> list[str]:
+    """No data arguments at all where Fashion-MNIST is installed; else files in its format (28 px, grayscale)."""
+    if request.param == "installed":
+        if not FASHION_MNIST_DIR.is_dir():
+            pytest.skip(f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+        return []
+    return [f"data.train_path={write_fashion_mnist_files(tmp_path / 'idx')}"]
+
+
+@pytest.mark.parametrize("command", ["finetune", "linprobe", "knn"])
+def test_every_transfer_command_runs_with_its_defaults(command, fashion_mnist_args, tmp_path, capsys):
+    """The documented no-argument jobs (a random tiny ViT whose 7-px patches tile Fashion-MNIST's 28 px), cut short."""
+    output = tmp_path / ("knn.json" if command == "knn" else "run")
+    cut = ["data.train_limit=128", "data.val_limit=64", *([] if command == "knn" else ["train.max_steps=2"])]
+    assert main([command, "--output", str(output), *fashion_mnist_args, *cut]) == 0
+    assert ("kNN: top-1" if command == "knn" else "done: 2 steps") in capsys.readouterr().out
+
+
+def test_transfer_runs_take_the_checkpoints_model_and_input_format(tmp_path, capsys):
+    """An RGB 64-px pretraining checkpoint of a custom-sized ViT: a probe builds that encoder for RGB 64-px input
+    with the run's normalization (all printed), loads its weights and records all of it; explicit values win."""
+    checkpoint = pretrain_checkpoint(tmp_path / "pre", *tiny_overrides(tmp_path / "pre"))
+    capsys.readouterr()
+    probe = tmp_path / "probe"
+    images = write_labelled_images(tmp_path / "images")
+    args = ["linprobe", "--checkpoint", str(checkpoint), "--output", str(probe), *images, "data.num_workers=0"]
+    assert main([*args, "train.batch_size=4", "train.max_steps=1"]) == 0
+    taken = capsys.readouterr().out.splitlines()[0]
+    assert taken == (
+        f"from {checkpoint}: model.name=mae_vit_tiny_patch16, data.img_size=64, data.in_chans=3, "
+        f"data.mean={list(IMAGENET_MEAN)}, data.std={list(IMAGENET_STD)}; its encoder's embed_dim=32, depth=2, "
+        "num_heads=2"
+    )
+    record = load_checkpoint(probe / "checkpoints" / "last.safetensors")
+    assert record.config["model"]["name"] == "mae_vit_tiny_patch16"
+    assert (record.config["data"]["img_size"], record.config["data"]["in_chans"]) == (64, 3)
+    assert record.config["resolved_model"]["embed_dim"] == 32 and record.config["resolved_model"]["img_size"] == 64
+    pretrained = load_checkpoint(checkpoint).model
+    assert all(torch.equal(v, pretrained[k]) for k, v in record.model.items() if k.startswith("encoder."))
+
+    explicit = load_knn_config(None, [f"model.checkpoint={checkpoint}", "data.img_size=32", "data.mean=[0,0,0]"])
+    assert (explicit.data.img_size, explicit.data.mean, explicit.data.in_chans) == (32, [0, 0, 0], 3)
+    assert "data.img_size" not in capsys.readouterr().out
+    assert main(["knn", "--checkpoint", str(checkpoint), "model.name=convmae_tiny"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: model.name 'convmae_tiny' is not the model of {checkpoint} ('mae_vit_tiny_patch16'): "
+        "set model.name=mae_vit_tiny_patch16 or leave it out\n"
+    )
+
+
+def test_a_convmae_transfer_checkpoint_records_convmae_and_exports_its_encoder(tmp_path, capsys):
+    """Fine-tuning a ConvMAE checkpoint records ConvMAE and its resolved encoder, so the fine-tuned encoder exports
+    to timm at its own size; `visualize` says it needs a pretraining checkpoint."""
+    pretraining = ["model.name=convmae_tiny", "data.img_size=32", "data.samples_per_epoch=8", "data.num_workers=0"]
+    checkpoint = pretrain_checkpoint(tmp_path / "pre", *pretraining, "train.batch_size=8")
+    run, images_root = tmp_path / "ft", tmp_path / "images"
+    images = write_labelled_images(images_root)
+    args = ["finetune", "--checkpoint", str(checkpoint), "--output", str(run), *images, "data.num_workers=0"]
+    assert main([*args, "train.batch_size=4", "train.max_steps=1"]) == 0
+    finetuned = run / "checkpoints" / "last.safetensors"
+    record = load_checkpoint(finetuned)
+    assert record.config["model"]["name"] == "convmae_tiny"
+    assert record.config["resolved_model"]["embed_dims"] == [32, 64, 128]
+
+    exported = tmp_path / "encoder.safetensors"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(finetuned), "--output", str(exported)]) == 0
+    assert "timm.create_model('mimkit_convvit_tiny'" in capsys.readouterr().out
+    with safe_open(str(exported), framework="pt") as handle:
+        fields = json.loads(handle.metadata()["fields"])
+    assert fields["img_size"] == 32
+    overlay = {"file": str(exported)}
+    timm_model = timm.create_model("mimkit_convvit_tiny", pretrained=True, pretrained_cfg_overlay=overlay, **fields)
+    encoder = {k.removeprefix("encoder."): v for k, v in record.model.items() if k.startswith("encoder.")}
+    assert all(torch.equal(v, encoder[k]) for k, v in timm_model.encoder.state_dict().items())
+
+    picture = str(tmp_path / "grid.png")
+    assert main(["visualize", "--checkpoint", str(finetuned), "--images", str(images_root), "--output", picture]) == 2
+    assert "is a finetune checkpoint" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from mimkit.models import create_encoder
 from mimkit.pos_embed import sincos_2d
 from mimkit.pos_embed_video import sincos_3d
 from mimkit.visualize_video import cube_mask_to_pixels
+from tests.transfer_files import pretrain_checkpoint
 
 SMALL = dict(
     embed_dims=(16, 32, 64),
@@ -278,3 +279,14 @@ def test_knn_and_linear_probe_read_labelled_clips(tmp_path):
     probe = load_transfer_config("linprobe", None, [*overrides, "train.batch_size=4", "train.max_steps=1"])
     probe.output = str(tmp_path / "probe")
     assert linprobe(probe).steps == 1
+
+
+def test_a_video_checkpoint_makes_a_clip_transfer_run(tmp_path):
+    """Transfer from a video checkpoint defaults to its model, clips, its frame count, size and normalization."""
+    pretraining = ["--config", "videoconvmae/videoconvmae_tiny_clips", *SMALL_ARGS, "data.img_size=64"]
+    pretraining += ["data.num_frames=8", "data.samples_per_epoch=2", "train.batch_size=2"]
+    checkpoint = pretrain_checkpoint(tmp_path / "pre", *pretraining)
+    config = load_knn_config(None, [f"model.checkpoint={checkpoint}", "data.mean=[0.5,0.5,0.5]"])
+    assert (config.model.name, config.data.source, config.data.num_frames) == ("videoconvmae_tiny", "clips", 8)
+    assert (config.data.img_size, config.data.in_chans, config.data.mean) == (64, 3, [0.5, 0.5, 0.5])
+    assert config.model.args == {}  # the encoder is built from the configuration the checkpoint records

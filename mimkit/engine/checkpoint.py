@@ -37,9 +37,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from mimkit.engine.checkpoint_metadata import FORMAT
 from mimkit.errors import CheckpointError, NonFiniteError
 
-FORMAT = "mimkit-checkpoint/1"
 CHECKSUM_KEY = "checksum"
 CHECKSUM_PREFIX = "sha256:"
 SECTIONS = ("model", "optimizer", "rng")
@@ -169,7 +169,9 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: a crash
+    mid-write leaves the previous file untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = _create_temporary(path)
     try:
@@ -221,7 +223,7 @@ def save_checkpoint(
         tensors.update(rng_tensors)
         metadata["rng"] = json.dumps(rng_meta)
     metadata[CHECKSUM_KEY] = content_checksum(tensors, metadata)
-    _atomic_write(path, save(tensors, metadata=metadata))
+    atomic_write(path, save(tensors, metadata=metadata))
     return path
 
 

@@ -2,7 +2,8 @@
 
 Fine-tuning: global average pooling of the encoder's last tokens, a LayerNorm where the encoder's own recipe
 has one (``fc_norm``), and a linear head. Linear probing: the same pooled features from a frozen encoder,
-BatchNorm without affine parameters, and a linear head (MAE appendix A.3).
+BatchNorm without affine parameters (over the global batch of all processes), and a linear head (MAE
+appendix A.3).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from mimkit.engine.optim import no_weight_decay_names
+from mimkit.eval.global_batch_norm import GlobalBatchNorm1d
 
 ENCODER_PREFIX = "encoder."
 
@@ -34,7 +36,7 @@ class Classifier(nn.Module):
         # MAE's heads start near zero: std 2e-5 for fine-tuning, 0.01 for the probe.
         trunc_normal_(linear.weight, std=0.01 if linear_probe else 2e-5)
         nn.init.zeros_(linear.bias)
-        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear) if linear_probe else linear
+        self.head = nn.Sequential(GlobalBatchNorm1d(dim, affine=False, eps=1e-6), linear) if linear_probe else linear
         if linear_probe:
             self.encoder.requires_grad_(False)
         elif encoder.pool_with_norm:

@@ -12,9 +12,13 @@ from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_di
 from mimkit.config_types import Count, Finite, Fraction, NonNegative, NonNegativeInt, Positive, Probability, ZeroToOne
 from mimkit.engine.config import ModelSection, check_source_fits_model
 from mimkit.engine.config_parts import ImageDataFields, LoopFields, OptimFields
+from mimkit.eval.checkpoint_record import checkpoint_defaults
 
 FASHION_MNIST_MEAN = [0.2860]
 FASHION_MNIST_STD = [0.3530]
+DEFAULT_ENCODER_ARGS: dict[str, Any] = {"patch_size": 7}
+"""``model.args`` of a run that names no model and starts from no mimkit checkpoint: the default tiny ViT's 7-px
+patches tile Fashion-MNIST's 28 px in a 4 x 4 grid (its own 16-px patches do not)."""
 
 
 @dataclass
@@ -24,7 +28,9 @@ class EncoderSection(ModelSection):
     section."""
 
     checkpoint: str | None = None
-    """A mimkit pretraining checkpoint, an authors' released checkpoint, or null for a random init."""
+    """A mimkit checkpoint (pretraining or transfer: its model and input format become the defaults, see
+    :func:`mimkit.eval.checkpoint_record.checkpoint_defaults`), an authors' released checkpoint, or null for a random
+    init."""
 
 
 @dataclass
@@ -152,16 +158,28 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def _with_encoder_defaults(base: dict, explicit: dict) -> dict:
+    """The command's defaults ``base``, then the encoder's (a mimkit checkpoint's model and input format, see
+    :func:`checkpoint_defaults`, else :data:`DEFAULT_ENCODER_ARGS` unless a model is named), then ``explicit``."""
+    model = explicit.get("model") if isinstance(explicit.get("model"), dict) else {}
+    checkpoint = model.get("checkpoint")
+    defaults = checkpoint_defaults(checkpoint, explicit) if isinstance(checkpoint, str) else {}
+    if not defaults and "name" not in model:
+        defaults = {"model": {"args": DEFAULT_ENCODER_ARGS}}
+    return _merge(_merge(base, defaults), explicit)
+
+
 def load_transfer_config(protocol: str, path: str | None = None, overrides: list[str] | None = None) -> TransferConfig:
-    """``protocol`` defaults (linprobe: MAE's probe), then the YAML file, then ``key=value`` overrides."""
+    """``protocol`` defaults (linprobe: MAE's probe), then the encoder's (:func:`_with_encoder_defaults`), then the
+    YAML file, then ``key=value`` overrides."""
     base = LINPROBE_DEFAULTS if protocol == "linprobe" else {"protocol": protocol}
     stored = load_yaml(path) if path else {}
     if stored.get("protocol", protocol) != protocol:
         raise ConfigError(f"{path} is a '{stored['protocol']}' config; run it with `mimkit {stored['protocol']}`")
-    data = _merge(base, stored)
-    return from_dict(TransferConfig, apply_overrides(data, overrides or []))
+    return from_dict(TransferConfig, _with_encoder_defaults(base, apply_overrides(stored, overrides or [])))
 
 
 def load_knn_config(path: str | None = None, overrides: list[str] | None = None) -> KnnConfig:
-    data = load_yaml(path) if path else {}
-    return from_dict(KnnConfig, apply_overrides(data, overrides or []))
+    """The encoder's defaults (:func:`_with_encoder_defaults`), then the YAML file, then ``key=value`` overrides."""
+    stored = load_yaml(path) if path else {}
+    return from_dict(KnnConfig, _with_encoder_defaults({}, apply_overrides(stored, overrides or [])))

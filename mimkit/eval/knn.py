@@ -18,6 +18,7 @@ from mimkit.engine.distributed import resolve_device
 from mimkit.eval.config import KnnConfig
 from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources
 from mimkit.eval.loading import load_encoder
+from mimkit.output_guard import check_output
 
 
 @torch.no_grad()
@@ -75,8 +76,11 @@ class KnnResult:
 
 def knn_evaluate(config: KnnConfig) -> KnnResult:
     """Extract features of the training and validation images with the configured encoder, classify the
-    validation images by weighted kNN and report top-1/top-5 (in %); optionally write them as JSON."""
+    validation images by weighted kNN and report top-1/top-5 (in %); optionally write them as JSON (never over
+    the checkpoint or another one)."""
     start = time.perf_counter()
+    if config.output:
+        check_output(config.output, [config.model.checkpoint])
     data = config.data
     device = resolve_device(config.device)
     train_source, val_source, num_classes = labelled_sources(data)

@@ -9,10 +9,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from mimkit.engine.checkpoint import FORMAT, load_checkpoint
+from mimkit.config_schema import to_dict
+from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
+from mimkit.engine.checkpoint_metadata import FORMAT, stored_config
 from mimkit.errors import CheckpointError, MimkitError
+from mimkit.eval.checkpoint_record import recorded_model
 from mimkit.eval.classifier import ENCODER_PREFIX
+from mimkit.model_configs.registry import model_config
 from mimkit.models import create_encoder, create_model
 from mimkit.official import (
     load_convmae_weights,
@@ -42,22 +46,35 @@ def is_mimkit_checkpoint(path: str | Path) -> bool:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
 
 
+def resolved_encoder_config(
+    model_name: str, model_args: dict[str, Any] | None = None, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
+    """The configuration :func:`load_encoder` builds the encoder from: ``model_name``'s with ``model_args`` on
+    top of, for a mimkit checkpoint, the one it records (which must be of the same model)."""
+    record = stored_config(checkpoint) if checkpoint is not None else None
+    recorded: dict[str, Any] = {}
+    if record is not None:
+        name, recorded = recorded_model(record, checkpoint)
+        if name != model_name:
+            raise CheckpointError(f"{checkpoint} holds a '{name}' model, not '{model_name}': set model.name={name}")
+    return to_dict(model_config(model_name, **{**recorded, **(model_args or {})}))
+
+
 def load_encoder(
     model_name: str, model_args: dict[str, Any] | None = None, checkpoint: str | Path | None = None
 ) -> nn.Module:
     """The encoder of pretraining model ``model_name`` built with ``model_args``.
 
-    ``checkpoint``: a mimkit pretraining checkpoint (its own model name and configuration are used, with
-    ``model_args`` on top, e.g. a drop-path rate or image size), an authors' released checkpoint (``.pth`` or
+    ``checkpoint``: a mimkit checkpoint of that model, pretraining or transfer (its recorded configuration is used,
+    with ``model_args`` on top, e.g. a drop-path rate or image size), an authors' released checkpoint (``.pth`` or
     ``.safetensors``, read through the key mapping of the model's family), or ``None`` for a random init.
     """
     model_args = dict(model_args or {})
     if checkpoint is None:
         return create_encoder(model_name, **model_args)
     if is_mimkit_checkpoint(checkpoint):
+        encoder = create_encoder(model_name, **resolved_encoder_config(model_name, model_args, checkpoint))
         stored = load_checkpoint(checkpoint)
-        name = stored.config.get("model", {}).get("name", model_name)
-        encoder = create_encoder(name, **{**stored.config.get("resolved_model", {}), **model_args})
         load_model_state(encoder, encoder_weights(stored.model, checkpoint), checkpoint)
         return encoder
     loader = next((load for prefix, load in OFFICIAL_LOADERS.items() if model_name.startswith(prefix)), None)

@@ -30,7 +30,7 @@ from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier, layer_decay_param_groups
 from mimkit.eval.config import TransferConfig
 from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources, train_transform
-from mimkit.eval.loading import load_encoder
+from mimkit.eval.loading import load_encoder, resolved_encoder_config
 
 
 @dataclass
@@ -88,6 +88,7 @@ class TransferTrainer:
         if config.protocol == "finetune":
             args.setdefault("drop_path_rate", train.drop_path)
         encoder = load_encoder(config.model.name, args, config.model.checkpoint)
+        self.resolved_model = resolved_encoder_config(config.model.name, args, config.model.checkpoint)
         self.model = Classifier(encoder, self.num_classes, linear_probe=config.protocol == "linprobe")
         self.model.to(self.dist.device)
 
@@ -138,7 +139,7 @@ class TransferTrainer:
             checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
             self.best_top1 = checkpoint.config.get("best_top1", 0.0)
         self.ddp = None
-        if self.dist.world_size > 1 and config.protocol == "finetune":
+        if self.dist.world_size > 1:  # a probe's frozen encoder has no gradients: DDP averages the head's
             device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
 
@@ -195,7 +196,12 @@ class TransferTrainer:
 
     def _save(self, name: str) -> Path:
         """``last`` holds everything a resume needs (optimizer, RNG states); ``best`` the classifier alone."""
-        record = {**to_dict(self.config), "num_classes": self.num_classes, "best_top1": self.best_top1}
+        record = {
+            **to_dict(self.config),
+            "num_classes": self.num_classes,
+            "best_top1": self.best_top1,
+            "resolved_model": self.resolved_model,
+        }
         last = name == "last"
         return self.session.save(
             name,

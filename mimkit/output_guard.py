@@ -1,0 +1,26 @@
+"""One rule for every file a command writes: never over one of its own inputs, nor over a mimkit checkpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from mimkit.engine.checkpoint_metadata import stored_config
+from mimkit.errors import MimkitError
+
+
+def check_output(output: str | Path, inputs: Iterable[str | Path | None], option: str = "--output") -> Path:
+    """``output`` as a path, once it is known to be none of ``inputs`` (``None`` entries are skipped), no folder
+    and no mimkit checkpoint; otherwise a :class:`MimkitError` that names the fix."""
+    output = Path(output)
+    if output.is_dir():
+        raise MimkitError(f"{option} {output} is a folder; name the file to write")
+    for item in inputs:
+        if item is not None and output.exists() and Path(item).exists() and os.path.samefile(output, item):
+            raise MimkitError(f"{option} {output} is this command's input {item}; write to another file")
+    if stored_config(output) is not None:
+        raise MimkitError(
+            f"{option} {output} is a mimkit checkpoint; write to another file (delete it first to replace it)"
+        )
+    return output
