@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ def init_distributed(device_choice: str) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(shutdown)  # a group left to interpreter teardown can abort the process (gloo's threads)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -65,5 +67,6 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group (registered to run at exit by :func:`init_distributed`)."""
     if dist.is_initialized():
         dist.destroy_process_group()
