@@ -240,7 +240,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
         name = f"{prefix}.{err.field}" if prefix else err.field
         raise ConfigError(f"config field '{name}': {err.message}") from err
     except ValueError as err:
-        raise ConfigError(f"config section '{where}': {err}") from err
+        raise ConfigError(f"config section '{prefix}': {err}" if prefix else f"config: {err}") from err
 
 
 def to_dict(obj: Any) -> Any:

@@ -44,6 +44,7 @@ def test_help_version_and_config_errors_answer_without_importing_torch():
         "assert main(['pretrain', 'train.epochs=0']) == 2\n"
         "assert main(['finetune', 'optim.base_lr=-1']) == 2\n"
         "assert main(['pretrain', '--config', 'mae/vit_base_800ep', 'model.args.mask_ratio=0']) == 2\n"
+        "assert main(['pretrain', 'data.img_size=50']) == 2\n"
         "loaded = sorted(m for m in ('torch', 'timm', 'torchvision', 'numpy') if m in sys.modules)\n"
         "print('heavy modules:', loaded)\n"
     )
@@ -127,6 +128,14 @@ def test_numbers_out_of_range_are_refused_naming_the_field(capsys, command, over
     assert main([command, override]) == 2
     line = _error_line(capsys)
     assert f"config field '{field}': must be" in line, line
+
+
+def test_the_model_and_data_sections_are_checked_together_before_any_work(capsys):
+    """An image size the model cannot tile, or model inputs that disagree with the data, fail at config time."""
+    assert main(["pretrain", "data.img_size=50"]) == 2
+    assert "img_size=50 must be a multiple of 16" in _error_line(capsys)
+    assert main(["pretrain", "model.args.in_chans=1"]) == 2
+    assert "model.args.in_chans=1 disagrees with data.in_chans=3" in _error_line(capsys)
 
 
 def test_shipped_recipes_hold_no_number_out_of_range():

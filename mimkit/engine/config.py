@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mimkit.config_schema import Settings, apply_overrides, from_dict, load_yaml
+from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml
 from mimkit.config_types import Count, NonNegativeInt
 from mimkit.engine.config_parts import CLIP_SOURCES, ImageDataFields, LoopFields, OptimFields
 from mimkit.model_configs.registry import model_config
@@ -66,6 +66,29 @@ class PretrainConfig(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_source_fits_model(self.data.source, self.model.name)
+        try:
+            model_config(self.model.name, prefix="model.args", **self.model_args())
+        except ConfigError as err:
+            raise ConfigError(f"{err} (img_size and in_chans come from data.img_size and data.in_chans)") from err
+
+    def model_args(self) -> dict[str, Any]:
+        """``model.args`` with what the data section decides filled in: ``in_chans``, ``img_size``, a video model's
+        ``num_frames``, and MR-MAE's ``input_mean``/``input_std`` (the data's normalization, which its teacher
+        undoes). An explicit model value that disagrees with the data is refused."""
+        data = self.data
+        args = dict(self.model.args)
+        base = model_config(self.model.name)
+        decided = {"in_chans": data.in_chans, "img_size": data.img_size}
+        if hasattr(base, "num_frames"):
+            decided["num_frames"] = data.num_frames
+        if hasattr(base, "input_mean"):
+            decided.update(input_mean=list(data.mean), input_std=list(data.std))
+        for name, value in decided.items():
+            given = args.setdefault(name, value)
+            if name != "img_size" and (list(given) if isinstance(given, (list, tuple)) else given) != value:
+                data_name = {"input_mean": "mean", "input_std": "std"}.get(name, name)
+                raise ValueError(f"model.args.{name}={given} disagrees with data.{data_name}={value}")
+        return args
 
 
 def check_source_fits_model(source: str, model_name: str) -> None:

@@ -39,7 +39,7 @@ from mimkit.engine.run_folder import METRICS_NAME
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
-from mimkit.models import create_model, model_config
+from mimkit.models import create_model
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 
 SAMPLE_CROPS_PER_EPOCH = 512
@@ -79,21 +79,8 @@ def data_pipeline(data: DataSection) -> tuple[ImageSource, Callable, Callable]:
 
 
 def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
-    """The configured model, with input channels taken from the data section (and, for models whose frozen
-    teacher must undo the input normalization, MR-MAE's ``input_mean``/``input_std``, the data mean and std)."""
-    args = dict(config.model.args)
-    if args.setdefault("in_chans", config.data.in_chans) != config.data.in_chans:
-        raise MimkitError(f"model.args.in_chans={args['in_chans']} disagrees with data.in_chans={config.data.in_chans}")
-    args.setdefault("img_size", config.data.img_size)
-    base = model_config(config.model.name)
-    if hasattr(base, "num_frames") and args.setdefault("num_frames", config.data.num_frames) != config.data.num_frames:
-        raise MimkitError(
-            f"model.args.num_frames={args['num_frames']} disagrees with data.num_frames={config.data.num_frames}"
-        )
-    for name, data_name, value in (("input_mean", "mean", config.data.mean), ("input_std", "std", config.data.std)):
-        if hasattr(base, name) and list(args.setdefault(name, value)) != list(value):
-            raise MimkitError(f"model.args.{name}={args[name]} disagrees with data.{data_name}={value}")
-    return create_model(config.model.name, **args)
+    """The configured model, with what the data section decides filled in (:meth:`PretrainConfig.model_args`)."""
+    return create_model(config.model.name, **config.model_args())
 
 
 class Pretrainer:
