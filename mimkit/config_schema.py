@@ -308,6 +308,17 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source} nests too deeply to be a config") from err
 
 
+def merged_sections(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested sections merged key by key (``teacher.weights=...`` keeps the
+    teacher's other fields); a section set to something other than a mapping replaces it whole."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merged_sections(merged[key], value)
+        merged[key] = value
+    return merged
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
     result = copy.deepcopy(data)

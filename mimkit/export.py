@@ -23,7 +23,8 @@ from mimkit.backbones.convvit import ConvViTEncoder
 from mimkit.backbones.swin import SwinEncoder
 from mimkit.backbones.vit import VisionTransformerEncoder
 from mimkit.config_schema import to_dict
-from mimkit.engine.checkpoint import atomic_write, load_checkpoint
+from mimkit.engine.atomic_files import atomic_write
+from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.errors import MimkitError
 from mimkit.eval.checkpoint_record import recorded_model

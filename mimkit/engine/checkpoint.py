@@ -3,9 +3,8 @@
 Tensors: ``model/<name>`` (weights), ``optimizer/<param index>/<field>`` (AdamW moments and step counts)
 and ``rng/...`` (torch generator states). Everything else — the config, the train position, optimizer
 hyper-parameters, Python and NumPy RNG states — is JSON in the safetensors metadata. Loading therefore
-never executes code. Writing goes to a temporary file in the same folder (created with the user's umask, like any
-other file), is flushed to disk, and then replaces the target with ``os.replace``: a crash mid-write leaves the
-previous checkpoint untouched.
+never executes code. Writing is atomic (:func:`mimkit.engine.atomic_files.atomic_write`): a crash mid-write
+leaves the previous checkpoint untouched.
 
 Nothing untrustworthy is written or loaded:
 
@@ -24,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import secrets
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,6 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint_metadata import FORMAT
 from mimkit.errors import CheckpointError, NonFiniteError
 
@@ -156,38 +154,6 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
             tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             tensors[f"optimizer/{index}/{key}"] = tensor.detach()
     return tensors, state["param_groups"]
-
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new empty file beside ``path``, named ``.NAME.<random>.tmp``. Its mode follows the user's umask like any
-    other file's (``tempfile.mkstemp`` would make it 0600, and ``os.replace`` keeps that mode)."""
-    while True:
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), candidate
-        except FileExistsError:
-            continue
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: a crash
-    mid-write leaves the previous file untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = _create_temporary(path)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(

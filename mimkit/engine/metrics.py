@@ -15,7 +15,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mimkit.engine.run_folder import METRICS_NAME, atomic_write_text
+from mimkit.engine.atomic_files import atomic_write
+from mimkit.engine.run_folder import METRICS_NAME
 
 
 class MetricsLog:
@@ -59,7 +60,7 @@ class MetricsLog:
             self.notes.append(
                 f"warning: {self.path}: dropped {torn} unreadable line(s) (a write torn by a kill or a full disk)"
             )
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        atomic_write(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -136,10 +136,8 @@ class Pretrainer:
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
         self.position = TrainPosition()
-        self.resumed_from: Path | None = None
         if self.session.resuming:
             _, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.resumed_from = self.session.resume_path
         self.ddp = (
             DistributedDataParallel(
                 self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None
@@ -238,7 +236,7 @@ class Pretrainer:
         stop_at = self.session.stop_at(self.total_steps)
         summary = RunSummary(output=self.output, metrics=self.output / METRICS_NAME if main else None)
         if self.session.finished(self.position.step, stop_at, self.total_steps):
-            summary.checkpoint, summary.steps = self.resumed_from, self.position.step
+            summary.checkpoint, summary.steps = self.session.resume_path, self.position.step
             return summary
         self.model.train()
         with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (

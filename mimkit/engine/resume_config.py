@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from safetensors import safe_open
-
 from mimkit.config_schema import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.checkpoint_checks import check_position_fits
+from mimkit.engine.checkpoint_metadata import stored_config
 from mimkit.engine.run_folder import RunFolder
 from mimkit.errors import CheckpointError, MimkitError
 
@@ -161,15 +160,6 @@ def resume_checkpoint(output: str | Path, resume: str | Path) -> Path:
     return path
 
 
-def stored_config(path: Path) -> dict[str, Any]:
-    """The config record of a checkpoint, read from its metadata alone (no tensors)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return json.loads((handle.metadata() or {})["config"])
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable mimkit checkpoint: {err}") from err
-
-
 def load_resumed_config(
     cls: type[T], config_path: str | None, overrides: list[str], resume: str, allow_changes: bool
 ) -> tuple[T, Path]:
@@ -180,7 +170,10 @@ def load_resumed_config(
         default_output = next(f.default for f in dataclasses.fields(cls) if f.name == "output")
         requested.setdefault("output", default_output)
     checkpoint = resume_checkpoint(requested.get("output", ""), resume)
-    return resume_config(cls, stored_config(checkpoint), requested, allow_changes, checkpoint), checkpoint
+    stored = stored_config(checkpoint)
+    if stored is None:
+        raise CheckpointError(f"{checkpoint} is not a readable mimkit checkpoint")
+    return resume_config(cls, stored, requested, allow_changes, checkpoint), checkpoint
 
 
 def _recorded_geometry(stored: Any, source: Path) -> RunGeometry:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mimkit.engine.atomic_files import atomic_write
 from mimkit.errors import MimkitError
 
 LOCK_NAME = "run.lock"
@@ -33,28 +33,6 @@ RUN_ENTRIES = (CHECKPOINTS, METRICS_NAME, "tensorboard", "reconstructions", CONF
 TEMPORARY_PATTERNS = (f".{METRICS_NAME}.*.tmp", f".{CONFIG_NAME}.*.tmp", f"{CHECKPOINTS}/.*.safetensors.*.tmp")
 """Temporary files of the run's atomic writes (``checkpoints/.last.safetensors.<random>.tmp``): stale once their
 writer is gone."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a kill leaves either
-    the old or the new file, never a partial one."""
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class RunFolder:
@@ -105,7 +83,7 @@ class RunFolder:
                 self._remove_run()
             self.checkpoints.mkdir(exist_ok=True)
             self.removed_temporaries = self._remove_stale_temporaries()
-            atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+            atomic_write(self.config_path, yaml.safe_dump(config, sort_keys=False).encode("utf-8"))
             yield self
         finally:
             self._unlock()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml
+from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml, merged_sections
 from mimkit.config_types import Count, Finite, Fraction, NonNegative, NonNegativeInt, Positive, Probability, ZeroToOne
 from mimkit.engine.config import ModelSection, check_source_fits_model
 from mimkit.engine.config_parts import ImageDataFields, LoopFields, OptimFields
@@ -149,15 +149,6 @@ class KnnConfig(Settings):
         check_source_fits_model(self.data.source, self.model.name)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = (
-            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
-
-
 def _with_encoder_defaults(base: dict, explicit: dict) -> dict:
     """The command's defaults ``base``, then the encoder's (a mimkit checkpoint's model and input format, see
     :func:`checkpoint_defaults`, else :data:`DEFAULT_ENCODER_ARGS` unless a model is named), then ``explicit``."""
@@ -166,7 +157,7 @@ def _with_encoder_defaults(base: dict, explicit: dict) -> dict:
     defaults = checkpoint_defaults(checkpoint, explicit) if isinstance(checkpoint, str) else {}
     if not defaults and "name" not in model:
         defaults = {"model": {"args": DEFAULT_ENCODER_ARGS}}
-    return _merge(_merge(base, defaults), explicit)
+    return merged_sections(merged_sections(base, defaults), explicit)
 
 
 def load_transfer_config(protocol: str, path: str | None = None, overrides: list[str] | None = None) -> TransferConfig:

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import asdict
 from typing import Any
 
-from mimkit.config_schema import ConfigError, from_dict, to_dict
+from mimkit.config_schema import ConfigError, from_dict, merged_sections, to_dict
 from mimkit.model_configs.convmae import ConvMAEConfig
 from mimkit.model_configs.localmim import LocalMIMConvViTConfig, LocalMIMSwinConfig, LocalMIMViTConfig
 from mimkit.model_configs.mae import MAEConfig
@@ -51,7 +51,7 @@ def model_config(name: str, prefix: str = "model", **overrides: Any) -> Any:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(list_models())}")
     _, base = _REGISTRY[name]
-    return from_dict(type(base), _merged(to_dict(base), to_dict(overrides)), prefix=prefix)
+    return from_dict(type(base), merged_sections(to_dict(base), to_dict(overrides)), prefix=prefix)
 
 
 def model_class(name: str) -> type:
@@ -63,17 +63,6 @@ def model_class(name: str) -> type:
         module, _, attribute = target.partition(":")
         target = getattr(importlib.import_module(module), attribute)
     return target
-
-
-def _merged(base: dict, overrides: dict) -> dict:
-    """``base`` updated by ``overrides``, nested sections merged key by key (``teacher.weights=...`` keeps the
-    teacher's other fields); a section set to something other than a mapping replaces it whole."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = _merged(merged[key], value)
-        merged[key] = value
-    return merged
 
 
 # MAE paper sizes (Table/Sec. 4 and appendix A.1): ViT-S/B/L at patch 16 and ViT-H at patch 14, each with the
