@@ -17,43 +17,58 @@ CLIP_SOURCES = ("sample_clips", "clips")
 
 
 @dataclass
-class ImageDataFields(Settings):
-    """How images become model inputs: size, channels, normalization, crop scale; clip sampling; loader
-    workers."""
+class ImageInputFields(Settings):
+    """What every command's images become: size, channels and normalization; loader workers."""
 
     img_size: Count = 128
     in_chans: Literal[1, 3] = 3
     mean: list[Finite] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[Positive] = field(default_factory=lambda: list(IMAGENET_STD))
-    crop_scale: tuple[Fraction, Fraction] = (0.2, 1.0)
-    """Random-resized-crop area range (share of the image)."""
-    num_frames: Count = 16
-    """Frames per clip (clip sources only); the video model's ``num_frames`` follows it."""
-    frame_stride: Count = 4
-    """Frames between two sampled frames of a clip (VideoMAE: 4 on K400, 2 on SSV2)."""
     num_workers: NonNegativeInt = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean and std need {self.in_chans} values each (in_chans={self.in_chans})")
+
+
+@dataclass
+class ImageDataFields(ImageInputFields):
+    """Classification and pretraining images: the input fields, crop scale and clip sampling."""
+
+    crop_scale: tuple[Fraction, Fraction] = (0.2, 1.0)
+    """Random-resized-crop area range (share of the image)."""
+    num_frames: Count = 16
+    """Frames per clip (clip sources only); the video model's ``num_frames`` follows it."""
+    frame_stride: Count = 4
+    """Frames between two sampled frames of a clip (VideoMAE: 4 on K400, 2 on SSV2)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.crop_scale[0] > self.crop_scale[1]:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
 
 
 @dataclass
-class OptimFields(Settings):
-    """AdamW (or the transfer optimizers) with a per-iteration linear warm-up and cosine decay."""
+class OptimizerFields(Settings):
+    """AdamW's settings, the floor of the schedule and gradient clipping, as every command has them."""
+
+    min_lr: NonNegative = 0.0
+    """The learning rate the schedule decays to."""
+    weight_decay: NonNegative = 0.05
+    betas: tuple[ZeroToOne, ZeroToOne] = (0.9, 0.95)
+    clip_grad: Positive | None = None
+    """Clip the global gradient norm to this value; null = no clipping (MAE pretraining does not clip)."""
+
+
+@dataclass
+class OptimFields(OptimizerFields):
+    """AdamW (or the transfer optimizers) with a per-iteration linear warm-up and cosine decay, the learning rate
+    scaled with the batch."""
 
     base_lr: Positive = 1.5e-3
     """Learning rate per 256 images: lr = base_lr * effective_batch / 256 (MAE's linear scaling rule)."""
-    min_lr: NonNegative = 0.0
-    """The learning rate the cosine decays to."""
-    weight_decay: NonNegative = 0.05
-    betas: tuple[ZeroToOne, ZeroToOne] = (0.9, 0.95)
     warmup_epochs: NonNegative = 1.0
-    clip_grad: Positive | None = None
-    """Clip the global gradient norm to this value; null = no clipping (MAE pretraining does not clip)."""
 
 
 @dataclass

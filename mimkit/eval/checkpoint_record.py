@@ -38,11 +38,12 @@ def recorded_model(record: dict[str, Any], path: str | Path) -> tuple[str, dict[
     return name, resolved
 
 
-def checkpoint_defaults(path: str, explicit: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_defaults(path: str, explicit: dict[str, Any], with_img_size: bool = True) -> dict[str, Any]:
     """The config values a transfer run from checkpoint ``path`` takes where ``explicit`` (its YAML file and
     ``key=value`` overrides) leaves them unset; prints them, with the encoder fields the checkpoint sets. Empty for
     a file that is not a mimkit checkpoint (an authors' release: the config names the model). An explicit other
-    ``model.name`` is refused."""
+    ``model.name`` is refused. ``with_img_size=False`` leaves the image size to the run (dense prediction works at
+    its own resolution)."""
     if not Path(path).is_file():
         raise ConfigError(f"model.checkpoint {path}: file not found")
     record = stored_config(path)
@@ -55,7 +56,7 @@ def checkpoint_defaults(path: str, explicit: dict[str, Any]) -> dict[str, Any]:
             f"model.name '{chosen}' is not the model of {path} ('{name}'): set model.name={name} or leave it out"
         )
     built = model_config(name, **resolved)
-    data = {"img_size": built.img_size, "in_chans": built.in_chans}
+    data = {"img_size": built.img_size, "in_chans": built.in_chans} if with_img_size else {"in_chans": built.in_chans}
     data.update({k: v for k, v in _section(record, "data").items() if k in ("mean", "std")})
     if hasattr(built, "num_frames"):
         data.update(source="clips", num_frames=built.num_frames)

@@ -1,0 +1,266 @@
+"""The training loop of ``mimkit detect`` and ``mimkit segment``: the engine's run rules (output folder, lock,
+exact resume, atomic checkpoints, progress, TensorBoard, DDP under torchrun, bf16 autocast) around a
+:class:`~mimkit.dense.task.DenseTask`, which says what the model, data, loss and evaluation are.
+
+Every ``train.eval_every`` steps and at the end the task evaluates the validation set; the numbers go to
+``OUTPUT/eval.json`` (the latest evaluation, with the step), the metrics log and TensorBoard, and a picture of
+predictions to ``OUTPUT/pictures/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import param_groups_layer_decay
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mimkit.config_schema import to_dict
+from mimkit.data import StepSampler
+from mimkit.dense.backbones import build_dense_backbone
+from mimkit.dense.schedule import dense_scheduler
+from mimkit.dense.task import DenseTask
+from mimkit.engine.atomic_files import atomic_write
+from mimkit.engine.checkpoint import TrainPosition
+from mimkit.engine.distributed import init_distributed, mean_across_processes
+from mimkit.engine.metrics import MetricsLog, ProgressDisplay
+from mimkit.engine.optim import adamw, no_weight_decay_names
+from mimkit.engine.resume_config import RunGeometry
+from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.errors import MimkitError, NonFiniteLossError
+from mimkit.eval.loading import load_encoder, resolved_encoder_config
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class DenseSummary:
+    output: Path
+    steps: int = 0
+    seconds: float = 0.0
+    last_loss: float = math.nan
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The last evaluation (what ``eval.json`` holds)."""
+    checkpoint: Path | None = None
+    picture: Path | None = None
+
+
+class _LayerRule:
+    """What timm's layer-wise decay grouping reads of a model: its parameters and a ``group_matcher``; here the
+    model's ``layer_ordinal`` (the backbone's rule, heads last)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def named_parameters(self, *args, **kwargs):
+        return self.model.named_parameters(*args, **kwargs)
+
+    def group_matcher(self, coarse: bool = False):
+        return self.model.layer_ordinal
+
+
+def dense_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups with layer-wise lr decay (``lr_scale``, applied by the scheduler) through ``model.layer_ordinal``;
+    norms, biases and position tables get no weight decay."""
+    return param_groups_layer_decay(
+        _LayerRule(model),  # type: ignore[arg-type]
+        weight_decay=weight_decay,
+        no_weight_decay_list=no_weight_decay_names(model),
+        layer_decay=layer_decay,
+    )
+
+
+class DenseTrainer:
+    """Runs a detection or segmentation config; ``run()`` returns a :class:`DenseSummary`.
+
+    ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining."""
+
+    def __init__(
+        self,
+        task_type: type[DenseTask],
+        config: Any,
+        resume: str | Path | None = None,
+        overwrite: bool = False,
+        allow_changes: bool = False,
+    ) -> None:
+        self.config = config
+        train, data, model_section = config.train, config.data, config.model
+        self.dist = init_distributed(train.device)
+        self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=task_type.tag)
+        seed_global_generators(train.seed + self.dist.rank)
+        self.output = Path(config.output)
+        self.task = task_type(config, self.dist)
+
+        args = model_section.encoder_args(data.img_size, data.in_chans, train.drop_path)
+        encoder = load_encoder(model_section.name, args, model_section.checkpoint)
+        self.resolved_model = resolved_encoder_config(model_section.name, args, model_section.checkpoint)
+        backbone = build_dense_backbone(encoder, task_type.tag, model_section.window, model_section.global_blocks)
+        self.model = self.task.build_model(backbone).to(self.dist.device)
+
+        global_batch = train.batch_size * self.dist.world_size
+        train_set = self.task.train_set
+        self.steps_per_epoch = len(train_set) // global_batch
+        if self.steps_per_epoch < 1:
+            raise MimkitError(f"{len(train_set)} training images are fewer than one batch of {global_batch}")
+        self.sampler = StepSampler(
+            len(train_set),
+            global_batch,
+            self.steps_per_epoch,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            seed=train.seed,
+        )
+        self.loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=train.batch_size,
+            sampler=self.sampler,
+            num_workers=data.num_workers,
+            collate_fn=self.task.collate_train,
+            pin_memory=self.dist.device.type == "cuda",
+            generator=torch.Generator(),  # see mimkit.data.batch_loader: keeps the global RNG stream resumable
+        )
+
+        optim = config.optim
+        groups = dense_param_groups(self.model, optim.weight_decay, optim.layer_decay)
+        self.optimizer = adamw(groups, lr=optim.lr, betas=optim.betas)
+        self.total_steps = train.iterations or train.epochs * self.steps_per_epoch
+        self.scheduler = dense_scheduler(
+            self.optimizer,
+            optim.schedule,
+            self.total_steps,
+            optim.warmup_steps,
+            optim.min_lr,
+            optim.poly_power,
+            optim.step_at,
+        )
+        self.geometry = RunGeometry(global_batch, self.steps_per_epoch)
+        self.position = TrainPosition()
+        self.last_metrics: dict[str, Any] = {}
+        self._saved_step = -1
+        if self.session.resuming:
+            checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.last_metrics = checkpoint.config.get("last_eval") or {}
+        self.ddp = None
+        if self.dist.world_size > 1:
+            device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _autocast(self):
+        bf16 = self.config.train.precision == "bf16"
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _train_step(self, batch: Any, step: int) -> dict[str, float]:
+        with self._autocast():
+            loss, parts = self.task.loss(self.ddp or self.model, batch)
+        loss_value = mean_across_processes(loss.detach().float()).item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; stopping without applying it")
+        loss.backward()
+        self.scheduler.step_update(step)
+        if self.config.optim.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_value, **{k: mean_across_processes(v.detach().float()).item() for k, v in parts.items()}}
+
+    def evaluate(self) -> tuple[dict[str, Any], Path | None]:
+        """The task's metrics on the validation set (the same on every process) and the picture written."""
+        self.model.eval()
+        picture = None
+        images = self.config.train.visualize_images
+        if images and self.dist.is_main:
+            picture = self.output / "pictures" / f"step_{self.position.step:08d}.png"
+        with self._autocast():
+            metrics = self.task.evaluate(self.model, picture, images)
+        self.model.train()
+        return metrics, picture
+
+    def describe(self) -> list[str]:
+        config, train = self.config, self.config.train
+        weights = config.model.checkpoint or "a random init"
+        return [
+            f"{self.task.tag} with {config.model.name} from {weights}",
+            *self.task.describe(),
+            f"batch:      {self.geometry.images_per_step} images per step ({train.batch_size} per process), lr "
+            f"{config.optim.lr:.3g} ({config.optim.schedule}, {config.optim.warmup_steps} warm-up steps, layer decay "
+            f"{config.optim.layer_decay:g})",
+            *self.session.summary(self.model, self.steps_per_epoch, self.total_steps),
+        ]
+
+    def _save(self) -> Path:
+        self._saved_step = self.position.step
+        record = {
+            **to_dict(self.config),
+            "resolved_model": self.resolved_model,
+            "last_eval": self.last_metrics,
+            **self.task.record(),
+        }
+        return self.session.save(
+            "last",
+            self.model,
+            record,
+            self.position,
+            self.geometry,
+            self.optimizer,
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    def _validate(self, epoch: int, summary: DenseSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
+        results, picture = self.evaluate()
+        self.last_metrics = {"step": self.position.step, **results}
+        scalars = {k: v for k, v in results.items() if isinstance(v, float) and math.isfinite(v)}
+        metrics.write({"step": self.position.step, "epoch": epoch, **scalars})
+        if self.dist.is_main:
+            text = json.dumps(self.last_metrics, indent=2, allow_nan=False) + "\n"
+            atomic_write(self.output / EVAL_FILE, text.encode())
+        summary.metrics, summary.picture = self.last_metrics, picture
+        progress.message(f"step {self.position.step}: {self.task.headline(results)}")
+
+    def run(self) -> DenseSummary:
+        train = self.config.train
+        start = time.perf_counter()
+        summary = DenseSummary(output=self.output, metrics=self.last_metrics)
+        stop_at = self.session.stop_at(self.total_steps)
+        if self.session.finished(self.position.step, stop_at, self.total_steps):
+            summary.steps = self.position.step
+            return summary
+        with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
+            metrics,
+            progress,
+        ):
+            self.model.train()
+            while self.position.step < stop_at:
+                epoch = self.position.epoch
+                self.sampler.set_position(epoch, self.position.step_in_epoch)
+                steps_before = self.position.step
+                window_start = time.perf_counter()
+                for batch in self.loader:
+                    losses = self._train_step(batch, self.position.step)
+                    advance(self.position, self.steps_per_epoch)
+                    summary.last_loss = losses["loss"]
+                    lr = max(group["lr"] for group in self.optimizer.param_groups)
+                    now = time.perf_counter()
+                    speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
+                    window_start = now
+                    metrics.write({"step": self.position.step, "epoch": epoch, **losses, "lr": lr})
+                    progress.update(self.position.step, epoch, losses["loss"], lr, speed)
+                    step = self.position.step
+                    evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
+                    if evaluating:
+                        self._validate(epoch, summary, metrics, progress)
+                    if evaluating or (train.checkpoint_every and step % train.checkpoint_every == 0):
+                        summary.checkpoint = self._save()
+                    if self.position.epoch > epoch or step >= stop_at:
+                        break
+                check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
+                if self.position.epoch > epoch and self._saved_step != self.position.step:
+                    summary.checkpoint = self._save()
+        summary.steps = self.position.step
+        summary.seconds = time.perf_counter() - start
+        return summary
