@@ -107,10 +107,11 @@ def _dense(args: argparse.Namespace) -> int:
     else:
         config, checkpoint = (load_detect_config if detect else load_segment_config)(config_path, overrides), None
 
-    from mimkit.dense.run import run_dense
+    from mimkit.dense.run import dense_trainer
 
-    summary = run_dense(config, checkpoint, args.overwrite, args.allow_changes)
-    headline = ", ".join(f"{k} {v:.2f}" for k, v in summary.metrics.items() if k in summary.headline_keys)
+    trainer = dense_trainer(config, checkpoint, args.overwrite, args.allow_changes)
+    summary = trainer.run()
+    headline = trainer.task.headline(summary.metrics) if summary.metrics else "not evaluated"
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}; {headline}")
     print(f"evaluation: {summary.output / 'eval.json'}")
     if summary.picture:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml, merged_sections
+from mimkit.config_schema import Settings, apply_overrides, from_dict, load_yaml, merged_sections
 from mimkit.config_types import Count, Fraction, NonNegative, NonNegativeInt, Positive, ZeroToOne
 from mimkit.engine.config_parts import ImageInputFields, LoopFields, OptimizerFields
 from mimkit.eval.checkpoint_record import checkpoint_defaults

@@ -21,16 +21,13 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from mimkit.dense.group_norm import group_norm
+
 BACKBONE_PREFIX = "net.backbone.body."
 ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 """One anchor size per FPN level (1/4 .. 1/64), three aspect ratios each: the FPN recipes' anchors."""
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 BOX_HEAD_WIDTH = 1024
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or as many as divide ``channels``."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 class PyramidBackbone(nn.Module):
@@ -82,7 +79,9 @@ class MaskRCNNDetector(nn.Module):
             rpn_anchor_generator=anchors,
             rpn_head=RPNHead(fpn_channels, len(ASPECT_RATIOS), conv_depth=2),
             rpn_batch_size_per_image=rpn_batch_size_per_image,
-            box_head=FastRCNNConvFCHead((fpn_channels, 7, 7), [fpn_channels] * 4, [BOX_HEAD_WIDTH], norm_layer=group_norm),
+            box_head=FastRCNNConvFCHead(
+                (fpn_channels, 7, 7), [fpn_channels] * 4, [BOX_HEAD_WIDTH], norm_layer=group_norm
+            ),
             box_batch_size_per_image=box_batch_size_per_image,
             box_detections_per_img=detections_per_image,
             mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1, norm_layer=group_norm),

@@ -75,8 +75,13 @@ class Segmenter(nn.Module):
         self.decode_head = UperNetHead(in_channels, num_classes, channels, dropout=dropout)
         self.aux_head = AuxiliaryFCNHead(in_channels[2], num_classes, aux_channels, dropout=dropout)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Decode-head logits ``(B, K, H, W)`` at the input size."""
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Decode-head logits ``(B, K, H, W)`` at the input size; with ``labels``, :meth:`loss` (so a training step
+        runs through ``forward``, as DistributedDataParallel needs)."""
+        if labels is not None:
+            return self.loss(images, labels)
         return resize(self.decode_head(self.backbone(images)), images.shape[-2:])
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

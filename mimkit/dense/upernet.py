@@ -15,7 +15,6 @@ demos carry no batch-statistics noise. The group count is in :func:`group_norm`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -23,24 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
+from mimkit.dense.group_norm import group_norm
+
 PAPER_DECODE_CHANNELS = 512
 PAPER_AUX_CHANNELS = 256
 PAPER_POOL_SCALES = (1, 2, 3, 6)
 PAPER_DROPOUT = 0.1
 AUX_FEATURE_INDEX = 2
 """The auxiliary head reads the third map (stride 16), as the recipes' ``in_index=2``."""
-
-GROUP_NORM_GROUPS = 32
-MIN_CHANNELS_PER_GROUP = 4
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (Wu & He's default) where that leaves at least 4 channels a group, fewer groups
-    otherwise (always a divisor of ``channels``): 512 -> 32 groups, 16 -> 4, 3 -> 1. Groups of one channel would
-    zero the 1x1 pyramid-pooling branch, which a small CPU-sized head would otherwise get."""
-    groups = math.gcd(channels, min(GROUP_NORM_GROUPS, max(1, channels // MIN_CHANNELS_PER_GROUP)))
-    return nn.GroupNorm(groups, channels)
-
 
 def conv_norm_relu(in_channels: int, out_channels: int, kernel_size: int) -> Conv2dNormActivation:
     """Conv (no bias) + GroupNorm + ReLU, 'same' padding: mmseg's ``ConvModule`` in these heads."""
