@@ -71,7 +71,7 @@ def checked_labels(raw: torch.Tensor, num_classes: int, reduce_zero_label: bool,
     if reduce_zero_label:
         labels[raw == 0] = IGNORE_INDEX
         labels[(raw != 0) & (raw != IGNORE_INDEX)] -= 1
-    wrong = (labels >= num_classes) & (labels != IGNORE_INDEX) | (labels < 0)
+    wrong = ((labels >= num_classes) & (labels != IGNORE_INDEX)) | (labels < 0)
     if wrong.any():
         value = int(raw[wrong][0])
         reduced = ", after reduce_zero_label" if reduce_zero_label else ""
@@ -197,8 +197,10 @@ class AdeSegmentation(KeyedDataset):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 1 <= num_classes < IGNORE_INDEX:
-            raise DataError(f"num_classes must be 1..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore index), "
-                            f"got {num_classes}; set data.num_classes to the number of classes")
+            raise DataError(
+                f"num_classes must be 1..{IGNORE_INDEX - 1} ({IGNORE_INDEX} is the ignore index), got {num_classes}; "
+                "set data.num_classes to the number of classes"
+            )
         self.root = Path(root)
         self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
         self.in_chans, self.transform, self.seed = in_chans, transform, seed
