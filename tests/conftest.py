@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.config import load_pretrain_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST_DIR.is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
+)
 
 TINY_MODEL = [
     "model.name=mae_vit_tiny_patch16",

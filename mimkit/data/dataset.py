@@ -38,6 +38,17 @@ def seeded_randomness(seed: int) -> Iterator[None]:
             np.random.set_state(numpy_state)
 
 
+def split_key(key: tuple[int, int] | int) -> tuple[int, int]:
+    """A sample key as ``(epoch, index)``: the :class:`~mimkit.data.sampler.StepSampler`'s pairs, or a bare index
+    (epoch 0)."""
+    return key if isinstance(key, tuple) else (0, key)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index`` in ``epoch`` of a run seeded with ``seed``."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
 class AugmentedDataset(torch.utils.data.Dataset):
     """Indexed by ``(epoch, index)`` pairs (see :class:`~mimkit.data.sampler.StepSampler`).
 
@@ -56,17 +67,14 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def _item_seed(self, epoch: int, index: int) -> int:
-        return ((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
-
     def __getitem__(self, key: tuple[int, int] | int) -> dict:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        epoch, index = split_key(key)
         skipped, first_error = 0, ""
         for attempt in range(len(self.source)):
             position = (index + attempt) % len(self.source)
             try:
                 image = self.source.load(position)
-                with seeded_randomness(self._item_seed(epoch, index)):
+                with seeded_randomness(sample_seed(self.seed, epoch, index)):
                     tensor = self.transform(image)
             except UNREADABLE_IMAGE_ERRORS as err:
                 log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)
