@@ -60,6 +60,19 @@ class DenseDemo:
     ade_root: Path
     ade_num_classes: int = ADE_NUM_CLASSES
 
+    def describe(self) -> str:
+        """What was written and the two commands that train on it."""
+        return "\n".join(
+            [
+                f"dense demo set written to {self.root}",
+                f"detection (COCO):    mimkit detect data.train_images={self.coco_train_images} "
+                f"data.train_annotations={self.coco_train_annotations} data.val_images={self.coco_val_images} "
+                f"data.val_annotations={self.coco_val_annotations}",
+                f"segmentation (ADE):  mimkit segment data.path={self.ade_root} "
+                f"data.num_classes={self.ade_num_classes}",
+            ]
+        )
+
 
 @dataclass
 class Scene:

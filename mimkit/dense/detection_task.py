@@ -83,7 +83,8 @@ class DetectionTask(DenseTask):
             predictions = [{k: v.float() for k, v in p.items()} for p in model(images)]
             results += coco_results(predictions, batch["image_ids"], self.val.category_ids)
             if picture is not None and len(shown) < picture_images:
-                shown += [(i.cpu(), {k: v.cpu() for k, v in p.items()}) for i, p in zip(images, predictions)]
+                pairs = zip(images, predictions, strict=True)
+                shown += [(image.cpu(), {k: v.cpu() for k, v in p.items()}) for image, p in pairs]
         results = gather_across_processes(results)
         if picture is not None and shown:
             images, predictions = zip(*shown[:picture_images], strict=True)

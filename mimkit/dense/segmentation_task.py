@@ -40,9 +40,15 @@ class SegmentationTask(DenseTask):
             photometric=data.photometric,
             fill=padding_fill(data.mean),
         )
-        common = {"num_classes": data.num_classes, "reduce_zero_label": data.reduce_zero_label, "in_chans": data.in_chans}
-        self._train = AdeSegmentation(data.path, "training", transform=train_transform, seed=config.train.seed, **common)
-        self.val = AdeSegmentation(data.path, "validation", transform=SegmentationEvalTransform(data.img_size), **common)
+        common = {
+            "num_classes": data.num_classes,
+            "reduce_zero_label": data.reduce_zero_label,
+            "in_chans": data.in_chans,
+        }
+        train_seed = config.train.seed
+        self._train = AdeSegmentation(data.path, "training", transform=train_transform, seed=train_seed, **common)
+        val_transform = SegmentationEvalTransform(data.img_size)
+        self.val = AdeSegmentation(data.path, "validation", transform=val_transform, **common)
         self.val_count = min(len(self.val), data.val_limit or len(self.val))
         self.class_names = [f"class_{k}" for k in range(data.num_classes)]
         self.stride = data.slide_stride or max(1, round(data.img_size * SLIDE_STRIDE_SHARE))
