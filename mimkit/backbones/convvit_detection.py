@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import torch
 
 from mimkit.backbones.convvit import ConvViTEncoder
-from mimkit.backbones.window_attention import MAX_GRID, WindowedBlocks, default_global_blocks
+from mimkit.backbones.window_attention import MAX_GRID, WindowedBlocks, scaled_blocks
 
+WINDOW = 7
+"""MCMAE's stage-3 window (tokens)."""
 GLOBAL_BLOCKS = (0, 3, 6, 10)
 """0-based stage-3 blocks that keep global attention (the 1st, 4th, 7th and 11th of ConvViT-B's 11); other depths
 get as many (deeper) or proportionally fewer (shallower), evenly spaced from the first block."""
@@ -30,7 +32,7 @@ class ConvViTDetectionEncoder(WindowedBlocks, ConvViTEncoder):
     def __init__(
         self,
         *args,
-        window: int = 7,
+        window: int = WINDOW,
         global_blocks: Sequence[int] | None = None,
         max_grid: int = MAX_GRID,
         **kwargs,
@@ -38,7 +40,7 @@ class ConvViTDetectionEncoder(WindowedBlocks, ConvViTEncoder):
         super().__init__(*args, **kwargs)
         heads, depth = self.blocks3[0].attn.num_heads, len(self.blocks3)
         if global_blocks is None:
-            global_blocks = default_global_blocks(depth, GLOBAL_BLOCKS, paper_depth=11)
+            global_blocks = scaled_blocks(depth, GLOBAL_BLOCKS, paper_depth=11)
         self.init_window_attention(heads, depth, window, global_blocks, shift_windows=True, max_grid=max_grid)
 
     @classmethod

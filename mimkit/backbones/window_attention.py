@@ -24,14 +24,20 @@ MAX_GRID = 64
 """Largest token grid side the global bias table covers (1024 px at 1/16, the papers' detection size)."""
 
 
-def default_global_blocks(depth: int, paper_blocks: Sequence[int], paper_depth: int) -> tuple[int, ...]:
-    """A paper's global blocks (0-based, of ``paper_depth``) scaled to ``depth`` blocks: as many for a deeper stage
-    (ViTDet keeps 4 for ViT-L/H), proportionally fewer but at least one for a shallower one; evenly spaced from
-    the first block when the paper's first block is global (MCMAE), else ending at the last (ViTDet, MixMAE)."""
-    count = min(len(paper_blocks), depth, math.ceil(depth * len(paper_blocks) / paper_depth))
-    if paper_blocks[0] == 0:
+def evenly_spaced(depth: int, count: int, from_first: bool) -> tuple[int, ...]:
+    """``count`` evenly spaced 0-based indices of ``depth`` blocks, from the first to the last block
+    (``from_first``, MCMAE's 0, 3, 6, 10 of 11) or one spacing in and ending at the last (ViTDet's 2, 5, 8, 11)."""
+    if from_first:
         return tuple((k * (depth - 1)) // max(count - 1, 1) for k in range(count))
     return tuple((k + 1) * depth // count - 1 for k in range(count))
+
+
+def scaled_blocks(depth: int, paper_blocks: Sequence[int], paper_depth: int) -> tuple[int, ...]:
+    """A paper's choice of blocks (0-based, of ``paper_depth``) scaled to ``depth`` blocks: as many for a deeper
+    stage (ViTDet keeps 4 global blocks for ViT-L/H), proportionally fewer but at least one for a shallower one,
+    evenly spaced and anchored at the first block when the paper's is (see :func:`evenly_spaced`)."""
+    count = min(len(paper_blocks), depth, math.ceil(depth * len(paper_blocks) / paper_depth))
+    return evenly_spaced(depth, count, from_first=paper_blocks[0] == 0)
 
 
 def checked_global_blocks(global_blocks: Sequence[int], depth: int) -> frozenset[int]:
@@ -40,6 +46,12 @@ def checked_global_blocks(global_blocks: Sequence[int], depth: int) -> frozenset
     if outside:
         raise MimkitError(f"global blocks {outside} do not exist: the attention stage has blocks 0..{depth - 1}")
     return frozenset(global_blocks)
+
+
+def checked_window(window: int) -> int:
+    if window < 1:
+        raise MimkitError(f"the attention window must be at least 1 token wide, got {window}")
+    return window
 
 
 class RelativePositionBias(nn.Module):
@@ -102,9 +114,7 @@ class WindowedBlocks:
         shift_windows: bool,
         max_grid: int = MAX_GRID,
     ) -> None:
-        if window < 1:
-            raise MimkitError(f"the attention window must be at least 1 token wide, got {window}")
-        self.window = window
+        self.window = checked_window(window)
         self.global_blocks = checked_global_blocks(global_blocks, depth)
         self.shift_windows = shift_windows
         self.global_bias = RelativePositionBias(num_heads, max_grid) if self.global_blocks else None
