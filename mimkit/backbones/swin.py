@@ -223,11 +223,12 @@ class SwinEncoder(nn.Module):
             if group_embeddings is not None:
                 x = x + group_embeddings[stage][labels]
             restricted = labels if restrict_attention else None
-            mask = window_group_mask(restricted, x.shape[1], x.shape[2], layer.blocks[0].window, x.dtype)
-            if mask is not None:
-                mask = mask.to(x.device)
+            masks: dict[int, torch.Tensor | None] = {}  # one per window size in the stage (dense variants mix them)
             for block in layer.blocks:
-                x = block(x, mask)
+                if block.window not in masks:
+                    mask = window_group_mask(restricted, x.shape[1], x.shape[2], block.window, x.dtype)
+                    masks[block.window] = mask.to(x.device) if mask is not None else None
+                x = block(x, masks[block.window])
             stage_maps.append(x.permute(0, 3, 1, 2))
             if layer.downsample is not None:
                 x = layer.downsample(x)
