@@ -80,7 +80,7 @@ class DetectionTask(DenseTask):
         for start in range(self.dist.rank * batch_size, len(indices), batch_size * self.dist.world_size):
             batch = collate_detection([self.val[i] for i in indices[start : start + batch_size]])
             images = [image.to(self.dist.device) for image in batch["images"]]
-            predictions = [{k: v.float() for k, v in p.items()} for p in model(images)]
+            predictions = [{k: v.float() if v.is_floating_point() else v for k, v in p.items()} for p in model(images)]
             results += coco_results(predictions, batch["image_ids"], self.val.category_ids)
             if picture is not None and len(shown) < picture_images:
                 pairs = zip(images, predictions, strict=True)

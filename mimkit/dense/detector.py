@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -71,7 +71,6 @@ class MaskRCNNDetector(nn.Module):
         anchors = AnchorGenerator(ANCHOR_SIZES, (ASPECT_RATIOS,) * len(ANCHOR_SIZES))
         self.net = MaskRCNN(
             pyramid,
-            num_classes=num_classes + 1,  # + background
             min_size=img_size,
             max_size=img_size,
             image_mean=list(mean),
@@ -82,9 +81,11 @@ class MaskRCNNDetector(nn.Module):
             box_head=FastRCNNConvFCHead(
                 (fpn_channels, 7, 7), [fpn_channels] * 4, [BOX_HEAD_WIDTH], norm_layer=group_norm
             ),
+            box_predictor=FastRCNNPredictor(BOX_HEAD_WIDTH, num_classes + 1),  # + background
             box_batch_size_per_image=box_batch_size_per_image,
             box_detections_per_img=detections_per_image,
             mask_head=MaskRCNNHeads(fpn_channels, [fpn_channels] * 4, 1, norm_layer=group_norm),
+            mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
         )
 
     @property
