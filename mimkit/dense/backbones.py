@@ -131,8 +131,13 @@ def build_dense_backbone(
     task: Task,
     window: int | None = None,
     global_blocks: Sequence[int] | None = None,
+    feature_blocks: Sequence[int] | None = None,
 ) -> DenseBackbone:
     """The dense backbone of a (pretrained) mimkit ``encoder`` for ``task`` (list in the module docstring).
+
+    ``feature_blocks``: for a plain ViT, the blocks whose outputs become the 1/4, 1/8, 1/16 and 1/32 maps (one
+    block for the simple feature pyramid, or four); None: the last block for ``detect``, four evenly spaced blocks
+    for ``segment``. Other encoders have their own stages and refuse it.
 
     The backbone keeps the encoder's weights; it takes over the encoder's modules (ViT, plain ConvViT) or copies
     them (ConvViT detection variant, Swin), so use the returned module from here on.
@@ -142,6 +147,11 @@ def build_dense_backbone(
     windowed = task == "detect" or window is not None or global_blocks is not None
     if isinstance(encoder, VideoConvViTEncoder):
         raise MimkitError("video encoders have no detection or segmentation backbone: use an image model")
+    if feature_blocks is not None and not isinstance(encoder, VisionTransformerEncoder):
+        raise MimkitError(
+            f"model.feature_blocks chooses a plain ViT's blocks; a {type(encoder).__name__} has its own stages: "
+            "leave it out"
+        )
     if isinstance(encoder, ConvViTEncoder):
         if windowed:
             encoder = ConvViTDetectionEncoder.from_encoder(
@@ -156,8 +166,19 @@ def build_dense_backbone(
             global_blocks = range(depth)
         dense = ViTDetectionEncoder(encoder, VIT_WINDOW if window is None else window, global_blocks)
         taps = (depth - 1,) if task == "detect" else evenly_spaced(depth, len(STRIDES), from_first=False)
-        return ViTBackbone(dense, taps)
+        return ViTBackbone(dense, taps if feature_blocks is None else checked_taps(feature_blocks, depth))
     raise MimkitError(
         f"no dense backbone for a {type(encoder).__name__}: detection and segmentation take a ConvViT, Swin or ViT "
         "encoder (convmae_*, mixmae_*, mae_*, mrmae_*, localmim_* models)"
     )
+
+
+def checked_taps(blocks: Sequence[int], depth: int) -> tuple[int, ...]:
+    """``model.feature_blocks``: one or four 0-based blocks of a ``depth``-block ViT, in increasing order."""
+    taps = tuple(blocks)
+    if len(taps) not in (1, len(STRIDES)) or list(taps) != sorted(set(taps)) or not all(0 <= b < depth for b in taps):
+        raise MimkitError(
+            f"model.feature_blocks {list(taps)} must be 1 or {len(STRIDES)} increasing block indices below the ViT's "
+            f"depth {depth}"
+        )
+    return taps

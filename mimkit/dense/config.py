@@ -33,7 +33,11 @@ class DenseEncoderSection(EncoderSection):
     """Side of the local attention windows of the dense backbone (null: the family's paper default, see
     ``docs/dense.md``)."""
     global_blocks: list[NonNegativeInt] | None = None
-    """0-based blocks that keep global attention (null: the family's paper default)."""
+    """0-based blocks that keep global attention (Swin: that get windows twice as large, MixMAE App. A.1; null:
+    the family's paper default)."""
+    feature_blocks: list[NonNegativeInt] | None = None
+    """Plain ViT only: the block (one) or blocks (four) whose outputs become the 1/4..1/32 maps (null: the last
+    block for detection, ViTDet; four evenly spaced blocks for segmentation, BEiT/MAE)."""
 
     def encoder_args(self, img_size: int, in_chans: int, drop_path: float) -> dict[str, Any]:
         """``args`` with the input format and drop path the dense run decides (explicit ``args`` win)."""

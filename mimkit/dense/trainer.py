@@ -100,7 +100,9 @@ class DenseTrainer:
         args = model_section.encoder_args(data.img_size, data.in_chans, train.drop_path)
         encoder = load_encoder(model_section.name, args, model_section.checkpoint)
         self.resolved_model = resolved_encoder_config(model_section.name, args, model_section.checkpoint)
-        backbone = build_dense_backbone(encoder, task_type.tag, model_section.window, model_section.global_blocks)
+        backbone = build_dense_backbone(
+            encoder, task_type.tag, model_section.window, model_section.global_blocks, model_section.feature_blocks
+        )
         self.model = self.task.build_model(backbone).to(self.dist.device)
 
         global_batch = train.batch_size * self.dist.world_size
