@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except MimkitError as err:
         message = str(err)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the worker's own error line
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
     except FileNotFoundError as err:
         message = str(err) if not err.filename else f"{err.filename}: not found"
     except OSError as err:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from mimkit.config_schema import Settings, apply_overrides, from_dict, load_yaml, merged_sections
 from mimkit.config_types import Count, Fraction, NonNegative, NonNegativeInt, Positive, ZeroToOne
-from mimkit.engine.config_parts import ImageInputFields, LoopFields, OptimizerFields
+from mimkit.engine.config_parts import AccumulationFields, ImageInputFields, LoopFields, OptimizerFields
 from mimkit.eval.checkpoint_record import checkpoint_defaults
 from mimkit.eval.config import EncoderSection
 from mimkit.model_configs.registry import model_config
@@ -65,6 +65,8 @@ class SegmentModelSection(DenseEncoderSection):
     """Width of the auxiliary FCN head on the 1/16 map (recipes: 256)."""
     aux_weight: NonNegative = 0.4
     """Weight of the auxiliary head's loss (MMSegmentation's UperNet recipes: 0.4)."""
+    dropout: ZeroToOne = 0.1
+    """Dropout before each head's classifier (the recipes: 0.1)."""
 
 
 @dataclass
@@ -158,7 +160,7 @@ class DenseOptimSection(OptimizerFields):
 
 
 @dataclass
-class DenseTrainSection(LoopFields):
+class DenseTrainSection(LoopFields, AccumulationFields):
     epochs: Count = 12
     iterations: Count | None = None
     """Optimizer steps of the whole schedule; null: epochs x steps per epoch (the segmentation recipes count

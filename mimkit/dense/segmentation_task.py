@@ -62,7 +62,8 @@ class SegmentationTask(DenseTask):
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         model = self.config.model
-        return Segmenter(backbone, self.config.data.num_classes, model.channels, model.aux_channels, model.aux_weight)
+        classes = self.config.data.num_classes
+        return Segmenter(backbone, classes, model.channels, model.aux_channels, model.aux_weight, model.dropout)
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         data = self.config.data

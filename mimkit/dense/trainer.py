@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,19 @@ class DenseTrainer:
         )
         self.model = self.task.build_model(backbone).to(self.dist.device)
 
-        global_batch = train.batch_size * self.dist.world_size
+        micro_batch = train.batch_size * self.dist.world_size
+        global_batch = micro_batch * train.accum_steps
         train_set = self.task.train_set
         self.steps_per_epoch = len(train_set) // global_batch
         if self.steps_per_epoch < 1:
-            raise MimkitError(f"{len(train_set)} training images are fewer than one batch of {global_batch}")
-        self.sampler = StepSampler(
+            raise MimkitError(
+                f"{len(train_set)} training images are fewer than one step's {global_batch}; lower train.batch_size "
+                "or train.accum_steps"
+            )
+        self.sampler = StepSampler(  # in micro-batches: one optimizer step reads accum_steps of them
             len(train_set),
-            global_batch,
-            self.steps_per_epoch,
+            micro_batch,
+            self.steps_per_epoch * train.accum_steps,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             seed=train.seed,
@@ -157,19 +162,33 @@ class DenseTrainer:
         bf16 = self.config.train.precision == "bf16"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def _train_step(self, batch: Any, step: int) -> dict[str, float]:
-        with self._autocast():
-            loss, parts = self.task.loss(self.ddp or self.model, batch)
-        loss_value = mean_across_processes(loss.detach().float()).item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; stopping without applying it")
-        loss.backward()
+    def _accumulate(self, batch: Any, micro: int) -> dict[str, torch.Tensor]:
+        """Forward and backward of micro-batch ``micro`` of the current step (gradients synchronized across
+        processes on the last one); returns its detached loss and loss parts."""
+        accum = self.config.train.accum_steps
+        sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else nullcontext()
+        with sync:
+            with self._autocast():
+                loss, parts = self.task.loss(self.ddp or self.model, batch)
+            (loss / accum).backward()
+        return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
+
+    def _apply_update(self, sums: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """The step's losses averaged over micro-batches and processes; a non-finite loss stops the run before the
+        optimizer applies it."""
+        accum = self.config.train.accum_steps
+        losses = {k: mean_across_processes(v / accum).item() for k, v in sums.items()}
+        if not math.isfinite(losses["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"loss is {losses['loss']} at step {step + 1}; stopping without applying it. {self.session.last_good()}"
+            )
         self.scheduler.step_update(step)
         if self.config.optim.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss_value, **{k: mean_across_processes(v.detach().float()).item() for k, v in parts.items()}}
+        return losses
 
     def evaluate(self) -> tuple[dict[str, Any], Path | None]:
         """The task's metrics on the validation set (the same on every process) and the picture written."""
@@ -189,7 +208,8 @@ class DenseTrainer:
         return [
             f"{self.task.tag} with {config.model.name} from {weights}",
             *self.task.describe(),
-            f"batch:      {self.geometry.images_per_step} images per step ({train.batch_size} per process), lr "
+            f"batch:      {self.geometry.images_per_step} images per step ({train.batch_size} per process"
+            f"{f' x {train.accum_steps} accumulated' if train.accum_steps > 1 else ''}), lr "
             f"{config.optim.lr:.3g} ({config.optim.schedule}, {config.optim.warmup_steps} warm-up steps, layer decay "
             f"{config.optim.layer_decay:g})",
             *self.session.summary(self.model, self.steps_per_epoch, self.total_steps),
@@ -239,11 +259,18 @@ class DenseTrainer:
             self.model.train()
             while self.position.step < stop_at:
                 epoch = self.position.epoch
-                self.sampler.set_position(epoch, self.position.step_in_epoch)
+                self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 steps_before = self.position.step
                 window_start = time.perf_counter()
+                micro, sums = 0, {}
                 for batch in self.loader:
-                    losses = self._train_step(batch, self.position.step)
+                    for name, value in self._accumulate(batch, micro).items():
+                        sums[name] = sums.get(name, 0) + value
+                    micro += 1
+                    if micro < train.accum_steps:
+                        continue
+                    losses = self._apply_update(sums, self.position.step)
+                    micro, sums = 0, {}
                     advance(self.position, self.steps_per_epoch)
                     summary.last_loss = losses["loss"]
                     lr = max(group["lr"] for group in self.optimizer.param_groups)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml
 from mimkit.config_types import Count, NonNegativeInt
-from mimkit.engine.config_parts import CLIP_SOURCES, ImageDataFields, LoopFields, OptimFields
+from mimkit.engine.config_parts import CLIP_SOURCES, AccumulationFields, ImageDataFields, LoopFields, OptimFields
 from mimkit.model_configs.registry import model_config
 
 
@@ -44,9 +44,7 @@ class DataSection(ImageDataFields):
 
 
 @dataclass
-class TrainSection(LoopFields):
-    accum_steps: Count = 1
-    """Micro-batches per optimizer step; effective batch = batch_size x accum_steps x processes."""
+class TrainSection(LoopFields, AccumulationFields):
     compile: bool = False
     """Run the model's forward (and so its backward) through ``torch.compile``. It pays on GPUs; on a 2-core CPU
     it did not pay for a small MAE (0.92x after 80 s of compilation, ``shared/bench/official_cpu.md``), so check

@@ -90,3 +90,11 @@ class LoopFields(Settings):
     keep_checkpoints: NonNegativeInt = 2
     """Besides ``last`` (and a transfer run's ``best``), keep the N most recent checkpoints as
     ``checkpoints/step_NNNNNNNN.safetensors`` (0: none)."""
+
+
+@dataclass
+class AccumulationFields(Settings):
+    """Gradient accumulation, for training loops that split an optimizer step into micro-batches."""
+
+    accum_steps: Count = 1
+    """Micro-batches per optimizer step; effective batch = batch_size x accum_steps x processes."""
