@@ -51,7 +51,8 @@ class DetectModelSection(DenseEncoderSection):
     fpn_channels: Count = 64
     """Width of the FPN and the heads (the papers' recipes: 256)."""
     rpn_batch_size_per_image: Count = 256
-    box_batch_size_per_image: Count = 512
+    box_batch_size_per_image: Count = 128
+    """RoIs sampled per image for the box and mask heads (the recipes: 512; fewer keeps a CPU step short)."""
     detections_per_image: Count = 100
 
 

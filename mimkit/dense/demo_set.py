@@ -2,12 +2,13 @@
 ADE20K layout, so the real loaders are what the demos and tests run on (no download: Debian's
 ``dataset-fashion-mnist``).
 
-Each scene is a grayscale canvas (short side ``canvas``, long side 8 px to 0.5 x ``canvas`` longer, either orientation,
-both multiples of 8) with a mild seeded background (a smooth shade plus noise) and 1-5 items, each scaled 0.8-2.5x
-and placed at random, later items occluding earlier ones; a few percent of the scenes hold no item. An item's
-instance mask is its own pixels (brighter than :data:`ITEM_THRESHOLD`) minus what later items cover; an instance
-left with fewer than :data:`MIN_INSTANCE_PIXELS` visible pixels is dropped. Training scenes draw items from
-Fashion-MNIST's training split, validation scenes from its test split. Scene ``i`` of a split depends only on
+Each scene is a grayscale canvas (short side ``canvas``, long side 8 px to 0.5 x ``canvas`` longer, either
+orientation, both multiples of 8) with a mild seeded background (a smooth shade plus noise) and 1-5 items, each
+scaled 0.8-2.5x (times ``canvas`` / 128, so larger canvases hold larger items, not only more background) and placed
+at random, later items occluding earlier ones; a few percent of the scenes hold no item. An item's instance mask is
+its own pixels (brighter than :data:`ITEM_THRESHOLD`) minus what later items cover; an instance left with fewer than
+:data:`MIN_INSTANCE_PIXELS` visible pixels is dropped. Training scenes draw items from Fashion-MNIST's training
+split, validation scenes from its test split. Scene ``i`` of a split depends only on
 (seed, split, i).
 
 Written once, the same scenes in both formats::
@@ -41,6 +42,8 @@ ITEM_THRESHOLD = 40
 MIN_INSTANCE_PIXELS = 20
 ITEM_SIDE = 28
 SCALE_RANGE = (0.8, 2.5)
+REFERENCE_CANVAS = 128
+"""The canvas at which items are scaled by :data:`SCALE_RANGE` alone; others scale them in proportion."""
 MAX_ITEMS = 5
 EMPTY_SCENE_SHARE = 0.04
 ADE_NUM_CLASSES = len(FASHION_MNIST_CLASSES) + 1
@@ -145,7 +148,8 @@ def compose_scene(rng: np.random.Generator, items: FashionMNIST, canvas: int) ->
     masks, classes = np.zeros((count, height, width), dtype=bool), []
     for row in range(count):
         position = int(rng.integers(len(items)))
-        side = min(round(ITEM_SIDE * rng.uniform(*SCALE_RANGE)), height, width)
+        scale = rng.uniform(*SCALE_RANGE) * canvas / REFERENCE_CANVAS
+        side = max(1, min(round(ITEM_SIDE * scale), height, width))
         item = np.asarray(items.load(position).resize((side, side), Image.Resampling.BILINEAR))
         top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
         area = (slice(top, top + side), slice(left, left + side))

@@ -277,7 +277,8 @@ class DenseTrainer:
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    metrics.write({"step": self.position.step, "epoch": epoch, **losses, "lr": lr})
+                    record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr, "images_per_s": speed}
+                    metrics.write(record)
                     progress.update(self.position.step, epoch, losses["loss"], lr, speed)
                     step = self.position.step
                     evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
