@@ -217,7 +217,10 @@ def _configs(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in recipes)
     for name, summary in recipes:
         print(f"{name:<{width}}  {summary}")
-    print(f"\n{len(recipes)} recipes; run one with `mimkit pretrain --config NAME` (finetune/...: `mimkit finetune`)")
+    print(
+        f"\n{len(recipes)} recipes; run one with `mimkit pretrain --config NAME` (finetune/...: `mimkit finetune`, "
+        "detect/...: `mimkit detect`, segment/...: `mimkit segment`)"
+    )
     return 0
 
 

@@ -140,7 +140,7 @@ def test_the_model_and_data_sections_are_checked_together_before_any_work(capsys
 
 def test_shipped_recipes_hold_no_number_out_of_range():
     for name, _ in packaged_configs():
-        if not name.startswith("finetune/"):
+        if not name.startswith(("finetune/", "detect/", "segment/")):
             load_pretrain_config(resolve_config_path(name))
 
 

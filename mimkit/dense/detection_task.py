@@ -18,6 +18,9 @@ from mimkit.dense.task import DenseTask
 from mimkit.engine.distributed import DistInfo
 from mimkit.errors import DataError
 
+PICTURE_SCORE_THRESHOLD = 0.3
+"""Detections drawn in the evaluation picture: a short run's are rarely above the usual 0.5."""
+
 
 class DetectionTask(DenseTask):
     tag = "detect"
@@ -88,7 +91,7 @@ class DetectionTask(DenseTask):
         results = gather_across_processes(results)
         if picture is not None and shown:
             images, predictions = zip(*shown[:picture_images], strict=True)
-            detection_picture(images, predictions, self.val.class_names, picture)
+            detection_picture(images, predictions, self.val.class_names, picture, PICTURE_SCORE_THRESHOLD)
         if not self.dist.is_main:
             return {}
         evaluation = evaluate_coco(self.val.coco, results, [self.val.image_ids[i] for i in indices])

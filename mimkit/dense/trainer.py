@@ -131,6 +131,8 @@ class DenseTrainer:
             collate_fn=self.task.collate_train,
             pin_memory=self.dist.device.type == "cuda",
             generator=torch.Generator(),  # see mimkit.data.batch_loader: keeps the global RNG stream resumable
+            persistent_workers=data.num_workers > 0,  # items are seeded by key, so workers carry no state; keeping
+            # them saves re-forking at every epoch (8 s an epoch with 8 workers on the H200 demo)
         )
 
         optim = config.optim
