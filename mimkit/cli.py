@@ -27,7 +27,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from mimkit.engine.config_parts import CLIP_SOURCES
 
     overrides = list(args.overrides)
-    config_path = resolve_config_path(args.config)
+    config_path = resolve_config_path(args.config, args.command)
     if args.data:
         overrides.append(f"data.path={args.data}")
         if not any(o.startswith("data.source=") for o in overrides):
@@ -72,7 +72,7 @@ def _transfer_overrides(args: argparse.Namespace) -> list[str]:
 def _transfer(args: argparse.Namespace) -> int:
     from mimkit.eval.config import TransferConfig, load_transfer_config
 
-    config_path, overrides = resolve_config_path(args.config), _transfer_overrides(args)
+    config_path, overrides = resolve_config_path(args.config, args.command), _transfer_overrides(args)
     if args.resume:
         from mimkit.engine.resume_config import load_resumed_config
 
@@ -99,7 +99,7 @@ def _dense(args: argparse.Namespace) -> int:
 
     detect = args.command == "detect"
     config_type = DetectConfig if detect else SegmentConfig
-    config_path, overrides = resolve_config_path(args.config), _transfer_overrides(args)
+    config_path, overrides = resolve_config_path(args.config, args.command), _transfer_overrides(args)
     if args.resume:
         from mimkit.engine.resume_config import load_resumed_config
 
@@ -131,7 +131,7 @@ def _dense_demo(args: argparse.Namespace) -> int:
 def _knn(args: argparse.Namespace) -> int:
     from mimkit.eval.config import load_knn_config
 
-    config = load_knn_config(resolve_config_path(args.config), _transfer_overrides(args))
+    config = load_knn_config(resolve_config_path(args.config, args.command), _transfer_overrides(args))
 
     from mimkit.eval.knn import knn_evaluate
 

@@ -10,13 +10,19 @@ from mimkit.config_schema import ConfigError
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
-def resolve_config_path(name: str | None) -> str | None:
-    """A config path as given, or the packaged recipe of that name (with or without ``.yaml``)."""
+RECIPE_COMMANDS = {"finetune": ("finetune", "linprobe", "knn"), "detect": ("detect",), "segment": ("segment",)}
+"""The commands that run the packaged recipes of a folder; every other folder holds pretraining recipes."""
+
+
+def resolve_config_path(name: str | None, command: str | None = None) -> str | None:
+    """A config path as given, or the packaged recipe of that name (with or without ``.yaml``). With ``command``, a
+    packaged recipe of another command is refused, naming the command that runs it."""
     if name is None or Path(name).exists():
         return name
     candidate = PACKAGED_CONFIGS / name
     for path in (candidate, candidate.with_suffix(".yaml")):
         if path.is_file():
+            _check_command(name, path, command)
             return str(path)
     raise ConfigError(
         f"config '{name}' is neither a file nor a packaged recipe; `mimkit configs` lists the recipes "
@@ -32,3 +38,9 @@ def packaged_configs() -> list[tuple[str, str]]:
         summary = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
         recipes.append((path.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix(), summary))
     return recipes
+
+
+def _check_command(name: str, path: Path, command: str | None) -> None:
+    commands = RECIPE_COMMANDS.get(path.parent.name, ("pretrain",))
+    if command is not None and command not in commands:
+        raise ConfigError(f"'{name}' is a recipe of `mimkit {commands[0]}`: run `mimkit {commands[0]} --config {name}`")

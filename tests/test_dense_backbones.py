@@ -146,6 +146,20 @@ def test_vit_segmentation_taps_evenly_spaced_blocks_with_global_attention():
     assert detect.global_blocks == frozenset({2, 5, 8, 11}) and detect.window == 14
 
 
+def test_vit_feature_blocks_choose_the_taps_and_drop_the_blocks_after_them():
+    """LocalMIM's ADE20K setup taps blocks 2, 4, 10, 12 (1-based); taps that stop early leave no block without a
+    gradient (DDP refuses such parameters) and no final norm after a block that pretraining did not norm."""
+    backbone = build_dense_backbone(_encoder("mae_vit_tiny_patch16"), "segment", feature_blocks=[0, 1, 2, 3])
+    assert backbone.taps == (0, 1, 2, 3) and len(backbone.encoder.blocks) == 4
+    maps = backbone(torch.randn(1, 3, 64, 96))
+    sum(m.sum() for m in maps).backward()
+    assert all(p.grad is not None for p in backbone.parameters() if p.requires_grad)
+    with pytest.raises(MimkitError, match="feature_blocks"):
+        build_dense_backbone(_encoder("mae_vit_tiny_patch16"), "segment", feature_blocks=[3, 1, 2, 5])
+    with pytest.raises(MimkitError, match="feature_blocks"):
+        build_dense_backbone(_encoder("convmae_tiny"), "segment", feature_blocks=[0])
+
+
 def test_vit_with_14_pixel_patches_is_resampled_to_16():
     backbone = build_dense_backbone(_encoder("mae_vit_tiny_patch16", patch_size=14), "detect").eval()
     with torch.no_grad():

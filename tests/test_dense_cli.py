@@ -126,6 +126,8 @@ def test_mistakes_end_in_one_line(demo, tmp_path, capsys):
                detect_args(demo)]
     assert "/nowhere.json" in _error(capsys, [*missing, f"output={tmp_path / 'a'}"])
     assert "num_classes" in _error(capsys, [*segment_args(demo), "data.num_classes=4", f"output={tmp_path / 'b'}"])
+    assert "recipe of `mimkit detect`" in _error(capsys, ["segment", "--config", "detect/convmae_base_maskrcnn_25ep"])
+    assert "recipe of `mimkit segment`" in _error(capsys, ["pretrain", "--config", "segment/convmae_base_upernet_16k"])
     assert "feature_blocks" in _error(
         capsys, [*segment_args(demo), "model.feature_blocks=[1,2,3,4]", f"output={tmp_path / 'c'}"]
     )

@@ -111,6 +111,11 @@ class ViTBackbone(DenseBackbone):
         super().__init__(encoder, pyramid.channels)
         self.taps = tuple(taps)
         self.pyramid = pyramid
+        if max(self.taps) < len(encoder.blocks) - 1:
+            # Blocks after the last tap would run for nothing and get no gradient (DDP refuses that); the final
+            # norm belongs after the last block, so it goes with them.
+            encoder.blocks = encoder.blocks[: max(self.taps) + 1]
+            encoder.norm = nn.Identity()
 
     def maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         blocks = self.encoder(images, self.taps)
