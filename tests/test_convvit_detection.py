@@ -7,6 +7,7 @@ import torch
 
 import mimkit
 from mimkit.backbones.convvit_detection import ConvViTDetectionEncoder
+from mimkit.errors import MimkitError
 
 
 def _pair(global_blocks=(0,)):
@@ -47,5 +48,5 @@ def test_detection_encoder_refuses_masked_pretraining_and_oversized_grids():
     with pytest.raises(ValueError, match="runs on whole images"):
         detection(torch.randn(1, 3, 64, 64), ids_keep=torch.zeros(1, 4, dtype=torch.long))
     small = ConvViTDetectionEncoder.from_encoder(mimkit.create_model("convmae_tiny").encoder_module(), max_grid=8)
-    with pytest.raises(ValueError, match="exceeds the bias table"):
+    with pytest.raises(MimkitError, match="exceeds the relative position bias table"):
         small(torch.randn(1, 3, 160, 160))

@@ -65,7 +65,10 @@ class RelativePositionBias(nn.Module):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """``(heads, N, N)`` bias between the N = height*width tokens of a row-major grid."""
         if height > self.max_size or width > self.max_size:
-            raise ValueError(f"a {height}x{width} grid exceeds the bias table's {self.max_size}x{self.max_size}")
+            raise MimkitError(
+                f"a {height}x{width} token grid exceeds the relative position bias table's {self.max_size}x"
+                f"{self.max_size} (inputs up to {16 * self.max_size} px at 1/16); lower data.img_size"
+            )
         rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
         coords = torch.stack([rows.flatten(), cols.flatten()]).to(self.table.device)
         offset = coords[:, :, None] - coords[:, None, :] + self.max_size - 1
