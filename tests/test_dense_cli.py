@@ -141,3 +141,14 @@ def test_a_finished_run_is_neither_overwritten_nor_resumed_with_other_settings(d
     assert "--resume" in _error(capsys, common)
     assert "would change the run" in _error(capsys, [*common, "--resume", "optim.lr=0.5"])
     assert (output / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_the_picture_shows_confident_detections_or_else_the_best_few():
+    from mimkit.dense.detection_task import shown_detections
+
+    scores = torch.tensor([0.9, 0.6, 0.35, 0.2, 0.1])
+    prediction = {"scores": scores, "labels": torch.arange(5), "boxes": torch.zeros(5, 4)}
+    assert shown_detections(prediction)["labels"].tolist() == [0, 1, 2]
+    weak = {**prediction, "scores": scores / 10}
+    assert shown_detections(weak)["scores"].tolist() == pytest.approx([0.09, 0.06, 0.035])
+    assert len(shown_detections({k: v[:0] for k, v in prediction.items()})["scores"]) == 0

@@ -20,6 +20,15 @@ from mimkit.errors import DataError
 
 PICTURE_SCORE_THRESHOLD = 0.3
 """Detections drawn in the evaluation picture: a short run's are rarely above the usual 0.5."""
+PICTURE_AT_LEAST = 3
+"""Below the threshold, an image still shows its best few detections, so a weak model's picture is not empty."""
+
+
+def shown_detections(prediction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The detections the picture draws: those scoring at least :data:`PICTURE_SCORE_THRESHOLD`, and never fewer
+    than the :data:`PICTURE_AT_LEAST` best (torchvision returns them by descending score)."""
+    count = max(int((prediction["scores"] >= PICTURE_SCORE_THRESHOLD).sum()), PICTURE_AT_LEAST)
+    return {key: value[:count] for key, value in prediction.items()}
 
 
 class DetectionTask(DenseTask):
@@ -87,11 +96,11 @@ class DetectionTask(DenseTask):
             results += coco_results(predictions, batch["image_ids"], self.val.category_ids)
             if picture is not None and len(shown) < picture_images:
                 pairs = zip(images, predictions, strict=True)
-                shown += [(image.cpu(), {k: v.cpu() for k, v in p.items()}) for image, p in pairs]
+                shown += [(image.cpu(), {k: v.cpu() for k, v in shown_detections(p).items()}) for image, p in pairs]
         results = gather_across_processes(results)
         if picture is not None and shown:
             images, predictions = zip(*shown[:picture_images], strict=True)
-            detection_picture(images, predictions, self.val.class_names, picture, PICTURE_SCORE_THRESHOLD)
+            detection_picture(images, predictions, self.val.class_names, picture, score_threshold=0.0)
         if not self.dist.is_main:
             return {}
         evaluation = evaluate_coco(self.val.coco, results, [self.val.image_ids[i] for i in indices])
