@@ -17,8 +17,9 @@ from mimkit.config_paths import resolve_config_path
 from mimkit.config_schema import ConfigError, to_dict
 from mimkit.data.sources import FASHION_MNIST_DIR
 from mimkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from mimkit.engine.optim import layer_decay_param_groups
 from mimkit.errors import MimkitError
-from mimkit.eval.classifier import Classifier, layer_decay_param_groups
+from mimkit.eval.classifier import Classifier
 from mimkit.eval.config import load_knn_config, load_transfer_config
 from mimkit.eval.knn import knn_predict
 from mimkit.eval.loading import load_encoder

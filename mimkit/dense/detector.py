@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -100,3 +101,7 @@ class MaskRCNNDetector(nn.Module):
         if name.startswith(BACKBONE_PREFIX):
             return self.backbone.layer_ordinal(name[len(BACKBONE_PREFIX) :])
         return (math.inf,)
+
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
+        """For timm's layer-wise lr decay (:func:`mimkit.engine.optim.layer_decay_param_groups`)."""
+        return self.layer_ordinal

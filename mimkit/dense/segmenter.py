@@ -122,5 +122,5 @@ class Segmenter(nn.Module):
         return (math.inf,)
 
     def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
-        """For timm's ``param_groups_layer_decay``: :meth:`layer_ordinal`."""
+        """For timm's layer-wise lr decay (:func:`mimkit.engine.optim.layer_decay_param_groups`)."""
         return self.layer_ordinal

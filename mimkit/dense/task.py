@@ -31,7 +31,8 @@ class DenseTask(ABC):
 
     @abstractmethod
     def build_model(self, backbone: nn.Module) -> nn.Module:
-        """The task's model on ``backbone``, with ``layer_ordinal(name)`` for layer-wise lr decay."""
+        """The task's model on ``backbone``, with timm's ``group_matcher`` (the backbone's layer rule, heads last) for
+        layer-wise lr decay."""
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

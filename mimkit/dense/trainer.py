@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.optim import param_groups_layer_decay
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
@@ -31,7 +29,7 @@ from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.distributed import init_distributed, mean_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import adamw, no_weight_decay_names
+from mimkit.engine.optim import adamw, layer_decay_param_groups, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
@@ -50,31 +48,6 @@ class DenseSummary:
     """The last evaluation (what ``eval.json`` holds)."""
     checkpoint: Path | None = None
     picture: Path | None = None
-
-
-class _LayerRule:
-    """What timm's layer-wise decay grouping reads of a model: its parameters and a ``group_matcher``; here the
-    model's ``layer_ordinal`` (the backbone's rule, heads last)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def named_parameters(self, *args, **kwargs):
-        return self.model.named_parameters(*args, **kwargs)
-
-    def group_matcher(self, coarse: bool = False):
-        return self.model.layer_ordinal
-
-
-def dense_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups with layer-wise lr decay (``lr_scale``, applied by the scheduler) through ``model.layer_ordinal``;
-    norms, biases and position tables get no weight decay."""
-    return param_groups_layer_decay(
-        _LayerRule(model),  # type: ignore[arg-type]
-        weight_decay=weight_decay,
-        no_weight_decay_list=no_weight_decay_names(model),
-        layer_decay=layer_decay,
-    )
 
 
 class DenseTrainer:
@@ -136,7 +109,7 @@ class DenseTrainer:
         )
 
         optim = config.optim
-        groups = dense_param_groups(self.model, optim.weight_decay, optim.layer_decay)
+        groups = layer_decay_param_groups(self.model, optim.weight_decay, optim.layer_decay)
         self.optimizer = adamw(groups, lr=optim.lr, betas=optim.betas)
         self.total_steps = train.iterations or train.epochs * self.steps_per_epoch
         self.scheduler = dense_scheduler(
@@ -151,7 +124,6 @@ class DenseTrainer:
         self.geometry = RunGeometry(global_batch, self.steps_per_epoch)
         self.position = TrainPosition()
         self.last_metrics: dict[str, Any] = {}
-        self._saved_step = -1
         if self.session.resuming:
             checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
             self.last_metrics = checkpoint.config.get("last_eval") or {}
@@ -185,11 +157,7 @@ class DenseTrainer:
             raise NonFiniteLossError(
                 f"loss is {losses['loss']} at step {step + 1}; stopping without applying it. {self.session.last_good()}"
             )
-        self.scheduler.step_update(step)
-        if self.config.optim.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        step_optimizer(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
         return losses
 
     def evaluate(self) -> tuple[dict[str, Any], Path | None]:
@@ -218,7 +186,6 @@ class DenseTrainer:
         ]
 
     def _save(self) -> Path:
-        self._saved_step = self.position.step
         record = {
             **to_dict(self.config),
             "resolved_model": self.resolved_model,
@@ -273,7 +240,7 @@ class DenseTrainer:
                         continue
                     losses = self._apply_update(sums, self.position.step)
                     micro, sums = 0, {}
-                    advance(self.position, self.steps_per_epoch)
+                    epoch_ended = advance(self.position, self.steps_per_epoch)
                     summary.last_loss = losses["loss"]
                     lr = max(group["lr"] for group in self.optimizer.param_groups)
                     now = time.perf_counter()
@@ -286,13 +253,12 @@ class DenseTrainer:
                     evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
                     if evaluating:
                         self._validate(epoch, summary, metrics, progress)
-                    if evaluating or (train.checkpoint_every and step % train.checkpoint_every == 0):
+                    periodic = train.checkpoint_every and step % train.checkpoint_every == 0
+                    if evaluating or epoch_ended or periodic:
                         summary.checkpoint = self._save()
-                    if self.position.epoch > epoch or step >= stop_at:
+                    if epoch_ended or step >= stop_at:
                         break
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
-                if self.position.epoch > epoch and self._saved_step != self.position.step:
-                    summary.checkpoint = self._save()
         summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
         return summary

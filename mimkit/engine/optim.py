@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
@@ -36,6 +36,31 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     """AdamW; weight decay skips 1-D parameters (norms, biases) and position embeddings."""
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_names(model))
     return adamw(groups, lr=lr, betas=betas)
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay (BEiT/MAE) for a model with timm's ``group_matcher`` (the
+    encoder's layer rule, heads last): a parameter ``n`` layers below the head learns at ``layer_decay ** n`` times
+    the rate; norms, biases and position tables get no weight decay. Each group carries ``lr_scale``, which timm's
+    schedulers apply."""
+    return param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        no_weight_decay_list=no_weight_decay_names(model),
+        layer_decay=layer_decay,
+    )
+
+
+def step_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, clip_grad: float | None
+) -> None:
+    """Apply the accumulated gradients as optimizer step ``step`` (0-based): set its learning rate, clip the global
+    gradient norm to ``clip_grad`` (None: no clipping), step, and clear the gradients."""
+    scheduler.step_update(step)
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def build_scheduler(

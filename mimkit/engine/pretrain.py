@@ -33,7 +33,7 @@ from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_processes, sum_across_processes
-from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
+from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
@@ -222,11 +222,7 @@ class Pretrainer:
                 f"loss is {loss_value} at step {self.position.step + 1} (epoch {self.position.epoch}); "
                 f"stopping without applying this update. {self.session.last_good()}"
             )
-        self.scheduler.step_update(self.position.step)
-        if self.config.optim.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        step_optimizer(self.model, self.optimizer, self.scheduler, self.position.step, self.config.optim.clip_grad)
         return loss_value
 
     def run(self) -> RunSummary:

@@ -12,10 +12,8 @@ import math
 
 import torch
 from timm.layers import trunc_normal_
-from timm.optim import param_groups_layer_decay
 from torch import nn
 
-from mimkit.engine.optim import no_weight_decay_names
 from mimkit.eval.global_batch_norm import GlobalBatchNorm1d
 
 ENCODER_PREFIX = "encoder."
@@ -68,14 +66,3 @@ class Classifier(nn.Module):
 
         return ordinal
 
-
-def layer_decay_param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW parameter groups with layer-wise lr decay (BEiT/MAE): a parameter ``n`` layers below the head
-    learns at ``layer_decay ** n`` times the rate; norms, biases and position tables get no weight decay.
-    Each group carries ``lr_scale``, which timm's schedulers apply."""
-    return param_groups_layer_decay(
-        model,
-        weight_decay=weight_decay,
-        no_weight_decay_list=no_weight_decay_names(model),
-        layer_decay=layer_decay,
-    )

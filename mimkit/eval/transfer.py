@@ -23,11 +23,11 @@ from mimkit.data import AugmentedDataset, StepSampler, batch_loader
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.distributed import init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import adamw, build_scheduler, effective_lr
+from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_decay_param_groups, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.errors import MimkitError, NonFiniteLossError
-from mimkit.eval.classifier import Classifier, layer_decay_param_groups
+from mimkit.eval.classifier import Classifier
 from mimkit.eval.config import TransferConfig
 from mimkit.eval.data import encoder_data_args, eval_transform_for, labelled_sources, train_transform
 from mimkit.eval.loading import load_encoder, resolved_encoder_config
@@ -158,11 +158,7 @@ class TransferTrainer:
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; stopping without applying it")
         loss.backward()
-        self.scheduler.step_update(step)
-        if self.config.optim.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_grad)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        step_optimizer(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
         return loss_value
 
     @torch.no_grad()
