@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from mimkit.config_schema import Settings, apply_overrides, from_dict, load_yaml, merged_sections
 from mimkit.config_types import Count, Fraction, NonNegative, NonNegativeInt, Positive, ZeroToOne
-from mimkit.engine.config_parts import AccumulationFields, ImageInputFields, LoopFields, OptimizerFields
+from mimkit.engine.config_parts import (
+    AccumulationFields,
+    ImageInputFields,
+    LoopFields,
+    OptimizerFields,
+    check_min_max,
+)
 from mimkit.eval.checkpoint_record import checkpoint_defaults
 from mimkit.eval.config import EncoderSection
 from mimkit.model_configs.registry import model_config
@@ -89,7 +95,7 @@ class CocoDataSection(ImageInputFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_range("data.scale_range", self.scale_range)
+        check_min_max("scale_range", self.scale_range)
         missing = [name for name in _COCO_FIELDS if getattr(self, name) is None]
         if missing:
             raise ValueError(
@@ -127,7 +133,7 @@ class AdeDataSection(ImageInputFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_range("data.ratio_range", self.ratio_range)
+        check_min_max("ratio_range", self.ratio_range)
         if self.path is None or self.num_classes is None:
             raise ValueError(
                 "set data.path=... and data.num_classes=... (an ADE20K-style folder; `mimkit dense-demo OUTPUT` "
@@ -135,11 +141,6 @@ class AdeDataSection(ImageInputFields):
             )
         if self.slide_stride is not None and self.slide_stride > self.img_size:
             raise ValueError(f"data.slide_stride {self.slide_stride} leaves gaps between windows of {self.img_size}")
-
-
-def _check_range(name: str, bounds: tuple[float, float]) -> None:
-    if bounds[0] > bounds[1]:
-        raise ValueError(f"{name} must satisfy min <= max, got {list(bounds)}")
 
 
 @dataclass

@@ -55,6 +55,12 @@ def channel_fill(fill: float | Sequence[float], channels: int) -> list[float]:
     return values
 
 
+def padding_fill(mean: Sequence[float]) -> list[float]:
+    """The pixel value padding takes: the normalization mean (zero after normalization, as the recipes pad after
+    normalizing), limited to [0, 1] for :func:`channel_fill`."""
+    return [min(max(float(value), 0.0), 1.0) for value in mean]
+
+
 def uniform(low: float, high: float) -> float:
     """A float drawn uniformly from [low, high) by torch's generator."""
     return low + (high - low) * torch.rand(()).item()

@@ -11,8 +11,8 @@ from torch import nn
 
 from mimkit.dense.coco_data import CocoInstances, LargeScaleJitter, collate_detection
 from mimkit.dense.coco_eval import coco_results, evaluate_coco, gather_across_processes
+from mimkit.dense.dense_dataset import padding_fill
 from mimkit.dense.detector import MaskRCNNDetector
-from mimkit.dense.normalize import padding_fill
 from mimkit.dense.pictures import detection_picture
 from mimkit.dense.task import DenseTask
 from mimkit.engine.distributed import DistInfo

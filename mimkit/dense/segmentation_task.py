@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2 import functional as F_v2
 
 from mimkit.dense.ade_data import (
     AdeSegmentation,
@@ -15,7 +16,7 @@ from mimkit.dense.ade_data import (
     SegmentationTrainTransform,
     collate_segmentation_train,
 )
-from mimkit.dense.normalize import normalized, padding_fill
+from mimkit.dense.dense_dataset import padding_fill
 from mimkit.dense.pictures import segmentation_picture
 from mimkit.dense.seg_metrics import ConfusionMatrix
 from mimkit.dense.segmenter import Segmenter
@@ -67,7 +68,7 @@ class SegmentationTask(DenseTask):
 
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         data = self.config.data
-        return normalized(images.to(self.dist.device, non_blocking=True), data.mean, data.std)
+        return F_v2.normalize(images.to(self.dist.device, non_blocking=True), list(data.mean), list(data.std))
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch["labels"].to(self.dist.device, non_blocking=True)

@@ -16,6 +16,12 @@ CLIP_SOURCES = ("sample_clips", "clips")
 """Data sources that give clips (for video models) rather than images."""
 
 
+def check_min_max(name: str, bounds: tuple[float, float], rule: str = "min <= max") -> None:
+    """A ``(min, max)`` range field (each bound already range-checked by its type) must not be reversed."""
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"{name} must satisfy {rule}, got {bounds}")
+
+
 @dataclass
 class ImageInputFields(Settings):
     """What every command's images become: size, channels and normalization; loader workers."""
@@ -45,8 +51,7 @@ class ImageDataFields(ImageInputFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.crop_scale[0] > self.crop_scale[1]:
-            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        check_min_max("crop_scale", self.crop_scale, "0 < min <= max <= 1")
 
 
 @dataclass
