@@ -230,3 +230,18 @@ def test_vit_variant_has_maes_parameters_and_its_encoder_is_a_plain_vit():
     assert sum(p.numel() for p in mix.parameters()) == sum(p.numel() for p in mae.parameters())
     model = _vit_model()
     assert model.encoder_module()(torch.randn(1, 3, 32, 48)).shape == (1, 1 + 6, 16)
+
+
+@pytest.mark.parametrize("name", ["mixmae_swin_tiny", "mixmae_vit_tiny_patch16"])
+def test_bf16_autocast_trains_and_stays_near_the_float32_loss(name):
+    """Un-mixing adds bf16 predictions into bf16 sums: a float mask factor must not promote them (index_add_ needs
+    one dtype)."""
+    model = mimkit.create_model(name, img_size=32)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    noise = model.sample_noise(4, (32, 32), torch.Generator().manual_seed(1))
+    full = model(images, noise=noise)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = model(images, noise=noise)["loss"]
+    half.backward()
+    assert torch.isfinite(half) and abs(half.item() - full.item()) <= 2e-2 * full.item()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

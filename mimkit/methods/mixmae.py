@@ -239,7 +239,7 @@ def unmix_predictions(
     hidden_sum = torch.zeros(batch_size, hidden.shape[1], dtype=x_rec.dtype, device=x_rec.device)
     hidden_sum.index_add_(0, branch_source, hidden.to(x_rec.dtype))
     pred_sum = torch.zeros(batch_size, *x_rec.shape[1:], dtype=x_rec.dtype, device=x_rec.device)
-    pred_sum.index_add_(0, branch_source, x_rec * hidden.unsqueeze(-1))
+    pred_sum.index_add_(0, branch_source, x_rec * hidden.to(x_rec.dtype).unsqueeze(-1))
     covered = (hidden_sum > 0).unsqueeze(-1)
     pred = torch.where(covered, pred_sum / hidden_sum.clamp(min=1).unsqueeze(-1), x_rec[first] * present[..., None])
     return pred, hidden[first] * present
