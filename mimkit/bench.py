@@ -4,7 +4,8 @@ Each (method, size) runs in a fresh process, as the anchors were measured, so it
 reports the median step time after warm-up with min and max, images/s, the step's FLOPs counted with
 ``torch.utils.flop_counter`` (forward and backward), the achieved FLOP/s, the model FLOPs utilization against the
 peak matmul throughput of the same device measured in the same process (fp32; bf16 too on GPUs), peak memory, and
-the speed ratio to the authors' released code where an anchor exists (``ANCHORS``).
+the speed ratio to the authors' released code where a stored anchor exists (``ANCHORS``: their steps timed once on
+this project's CPU and stored, not re-run; ``mimkit bench --peers`` times other implementations in the same run).
 """
 
 from __future__ import annotations
@@ -215,11 +216,11 @@ def run_in_fresh_process(spec: dict[str, Any]) -> BenchResult:
 def format_table(results: list[BenchResult]) -> str:
     header = (
         f"{'method':<9}{'size':<6}{'batch':>6}{'px':>5}{'median s':>10}{'min s':>8}{'max s':>8}{'img/s':>8}"
-        f"{'GFLOP':>9}{'GFLOP/s':>9}{'peak':>7}{'MFU':>6}{'mem MB':>8}{'anchor s':>9}{'speed-up':>9}"
+        f"{'GFLOP':>9}{'GFLOP/s':>9}{'peak':>7}{'MFU':>6}{'mem MB':>8}{'stored anchor s':>16}{'speed-up':>9}"
     )
     lines = [header]
     for r in results:
-        anchor = f"{r.anchor_s:>9.2f}{r.speedup_vs_anchor:>8.2f}x" if r.anchor_s else f"{'-':>9}{'-':>9}"
+        anchor = f"{r.anchor_s:>16.2f}{r.speedup_vs_anchor:>8.2f}x" if r.anchor_s else f"{'-':>16}{'-':>9}"
         lines.append(
             f"{r.method:<9}{r.size:<6}{r.batch:>6}{r.image_size:>5}{r.median_s:>10.3f}{r.min_s:>8.3f}"
             f"{r.max_s:>8.3f}{r.images_per_s:>8.1f}{r.gflop_per_step:>9.1f}{r.achieved_gflops:>9.1f}"
