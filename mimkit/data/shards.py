@@ -76,11 +76,23 @@ def write_shards(
                 label = images.labels[index] if images.labels is not None else -1
                 name = path.relative_to(images.root).as_posix()
                 writer.write({"image": path.read_bytes(), "label": label, "name": name})
-    except BaseException:
+    except BaseException as err:
         if not is_url(out):
             _remove_written(Path(out), created)
-        raise
+            raise
+        raise _storage_error("write the shards to", out, err) from err
     return len(images)
+
+
+def _storage_error(action: str, url: str, err: BaseException) -> BaseException:
+    """A failure of object storage (missing client package, credentials, bucket) as one line; anything else that is
+    not the storage's fault (an interrupt, a mimkit error) as it is."""
+    if isinstance(err, (MimkitError, KeyboardInterrupt)) or not isinstance(err, Exception):
+        return err
+    return MimkitError(
+        f"could not {action} {url} ({type(err).__name__}: {err}); check the URL, that the storage's client package "
+        "is installed (boto3 for s3://) and its credentials in the environment"
+    )
 
 
 def _remove_written(folder: Path, created: bool) -> None:
@@ -97,4 +109,9 @@ def open_shards(path: str, cache: str | None, seed: int, samples_per_epoch: int 
     require_streaming()
     from mimkit.data.shard_stream import ShardStream
 
-    return ShardStream(path, cache, seed, samples_per_epoch, canonical_nodes).images
+    try:
+        return ShardStream(path, cache, seed, samples_per_epoch, canonical_nodes).images
+    except Exception as err:
+        if not is_url(path):
+            raise
+        raise _storage_error("read the shards at", path, err) from err
