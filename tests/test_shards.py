@@ -16,13 +16,14 @@ from mimkit.data.decode import open_image
 from mimkit.data.sources import ImageFolder
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import load_pretrain_config
-from mimkit.engine.pretrain import pretrain
+from mimkit.engine.pretrain import Pretrainer, pretrain
 from tests.conftest import tiny_overrides
 from tests.test_distributed import _run, _run_two_processes
 
 pytest.importorskip("streaming", reason="the shards format needs mosaicml-streaming (pip install 'mimkit[shards]')")
 
 IMAGES = 40
+FILES = IMAGES + 2  # and the 16-bit and the palette image
 
 
 def _image_folder(root):
@@ -65,13 +66,25 @@ def test_shards_round_trip_decodes_the_same_pixels(shard_folder):
     images, shards = shard_folder
     assert len(list(shards.glob("shard.*.mds"))) > 3
     folder, stored = ImageFolder(images), open_shards(str(shards), None, 0, None, 1)
-    assert len(stored) == len(folder) == IMAGES + 2
+    assert len(stored) == len(folder) == FILES
     for index in range(len(folder)):
         record = stored.stream.get_item(index)
         assert record["name"] == folder.paths[index].relative_to(images).as_posix()
         assert record["label"] == folder.labels[index]
         expected, got = open_image(folder.paths[index]), stored.load(index)
         assert got.mode == expected.mode and np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_a_file_that_is_no_image_is_stored_and_unreadable_as_in_the_folder(tmp_path):
+    from mimkit.data.shards import open_shards
+
+    _image_folder(tmp_path / "images")
+    (tmp_path / "images" / "class1" / "broken.png").write_bytes(b"not an image")
+    assert main(["shards", str(tmp_path / "images"), str(tmp_path / "shards")]) == 0
+    stored = open_shards(str(tmp_path / "shards"), None, 0, None, 1)
+    broken = [stored.stream.get_item(i)["name"] for i in range(len(stored))].index("class1/broken.png")
+    with pytest.raises(OSError):
+        stored.load(broken)
 
 
 PARTS_SCRIPT = """
@@ -104,7 +117,7 @@ def test_two_processes_read_disjoint_parts_of_the_one_process_steps(shard_folder
     _run_two_processes(str(tmp_path / "two"), *two, program=(str(script),))
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     ranks = [json.loads((tmp_path / "two" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert one["per_epoch"] == ranks[0]["per_epoch"] == (IMAGES + 2) // 8
+    assert one["per_epoch"] == ranks[0]["per_epoch"] == FILES // 8
     epochs = [one["steps"][key] for key in ("0.0", "1.0")]
     assert epochs[0] != epochs[1]  # each epoch has its own order
     assert one["steps"]["1.2"] == epochs[1][2:]  # the position mid-epoch resumes with the same steps
@@ -126,21 +139,39 @@ def test_two_processes_train_on_shards(shard_folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "mimkit.cli", "pretrain", *_overrides(shards, one, "train.batch_size=8")])
     _run_two_processes("pretrain", *_overrides(shards, two, "train.batch_size=4", "data.num_workers=1"))
-    assert len(_losses(two)) == len(_losses(one)) == 2 * ((IMAGES + 2) // 8)
+    assert len(_losses(two)) == len(_losses(one)) == 2 * (FILES // 8)
     assert _losses(two) == pytest.approx(_losses(one), rel=0.05)
 
 
 def test_resume_mid_epoch_on_shards_continues_exactly(shard_folder, tmp_path):
+    """Also with loader workers in the split run only: streaming's split between workers and the crops seeded by
+    (seed, epoch, index) do not change the batches."""
     _, shards = shard_folder
     whole, split = tmp_path / "whole", tmp_path / "split"
     pretrain(load_pretrain_config(None, _overrides(shards, whole)))
-    pretrain(load_pretrain_config(None, _overrides(shards, split, "train.max_steps=3")))
+    pretrain(load_pretrain_config(None, _overrides(shards, split, "train.max_steps=3", "data.num_workers=2")))
     assert len(_losses(split)) == 3
-    pretrain(load_pretrain_config(None, _overrides(shards, split)), resume="auto")
+    pretrain(load_pretrain_config(None, _overrides(shards, split, "data.num_workers=2")), resume="auto")
     assert _losses(split) == _losses(whole)
     first = load_checkpoint(whole / "checkpoints" / "last.safetensors").model
     second = load_checkpoint(split / "checkpoints" / "last.safetensors").model
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_loader_workers_crop_each_image_by_its_epoch(shard_folder, tmp_path):
+    """An image read in a loader worker gets the crop of (seed, epoch, index), a new one each epoch."""
+    _, shards = shard_folder
+    trainer = Pretrainer(load_pretrain_config(None, _overrides(shards, tmp_path, "data.num_workers=2")))
+    crops = []
+    for epoch in (0, 1):
+        trainer.sampler.set_position(epoch, 0)
+        batches = list(trainer.loader)
+        crops.append({i: image for b in batches for i, image in zip(b["index"].tolist(), b["image"], strict=True)})
+    augmented = trainer.sampler.augmented
+    for epoch, seen in enumerate(crops):
+        for index, image in seen.items():
+            assert torch.equal(image, augmented[(epoch, index)]["image"])
+    assert not any(torch.equal(crops[0][index], crops[1][index]) for index in crops[0])
 
 
 def _error_line(capsys) -> str:

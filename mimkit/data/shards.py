@@ -75,7 +75,7 @@ def write_shards(
                 path = images.paths[index]
                 label = images.labels[index] if images.labels is not None else -1
                 name = path.relative_to(images.root).as_posix()
-                writer.write({"image": path.read_bytes(), "label": label, "name": name})
+                writer.write({"image": _file_bytes(path), "label": label, "name": name})
     except BaseException as err:
         if not is_url(out):
             _remove_written(Path(out), created)
@@ -93,6 +93,14 @@ def _storage_error(action: str, url: str, err: BaseException) -> BaseException:
         f"could not {action} {url} ({type(err).__name__}: {err}); check the URL, that the storage's client package "
         "is installed (boto3 for s3://) and its credentials in the environment"
     )
+
+
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        reason = err.strerror or err
+        raise DataError(f"cannot read {path} ({reason}); make it readable or move it out of the folder") from err
 
 
 def _remove_written(folder: Path, created: bool) -> None:
