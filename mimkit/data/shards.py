@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.progress import track
 
 from mimkit.config_paths import is_url
 from mimkit.data.sources import ImageFolder
 from mimkit.errors import DataError, MimkitError
+
+if TYPE_CHECKING:
+    from mimkit.data.shard_stream import ShardImages
 
 SHARD_COLUMNS = {"image": "bytes", "label": "int", "name": "str"}
 DEFAULT_SHARD_SIZE = "64mb"
@@ -79,16 +83,19 @@ def write_shards(
     except BaseException as err:
         if not is_url(out):
             _remove_written(Path(out), created)
-            raise
-        raise _storage_error("write the shards to", out, err) from err
+        elif _storage_failure(err):
+            raise _storage_error("write the shards to", out, err) from err
+        raise
     return len(images)
 
 
-def _storage_error(action: str, url: str, err: BaseException) -> BaseException:
-    """A failure of object storage (missing client package, credentials, bucket) as one line; anything else that is
-    not the storage's fault (an interrupt, a mimkit error) as it is."""
-    if isinstance(err, (MimkitError, KeyboardInterrupt)) or not isinstance(err, Exception):
-        return err
+def _storage_failure(err: BaseException) -> bool:
+    """Whether ``err``, raised while reading or writing a URL, comes from the storage (client package, credentials,
+    bucket) rather than from mimkit or the user (an interrupt)."""
+    return isinstance(err, Exception) and not isinstance(err, MimkitError)
+
+
+def _storage_error(action: str, url: str, err: BaseException) -> MimkitError:
     return MimkitError(
         f"could not {action} {url} ({type(err).__name__}: {err}); check the URL, that the storage's client package "
         "is installed (boto3 for s3://) and its credentials in the environment"
@@ -111,7 +118,9 @@ def _remove_written(folder: Path, created: bool) -> None:
         shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
-def open_shards(path: str, cache: str | None, seed: int, samples_per_epoch: int | None, canonical_nodes: int):
+def open_shards(
+    path: str, cache: str | None, seed: int, samples_per_epoch: int | None, canonical_nodes: int
+) -> ShardImages:
     """The images of the shards at ``path`` (:class:`~mimkit.data.shard_stream.ShardImages`; its ``stream`` reads
     them in training order). ``cache``: where a remote ``path`` is downloaded to."""
     require_streaming()
@@ -120,6 +129,6 @@ def open_shards(path: str, cache: str | None, seed: int, samples_per_epoch: int 
     try:
         return ShardStream(path, cache, seed, samples_per_epoch, canonical_nodes).images
     except Exception as err:
-        if not is_url(path):
-            raise
-        raise _storage_error("read the shards at", path, err) from err
+        if is_url(path) and _storage_failure(err):
+            raise _storage_error("read the shards at", path, err) from err
+        raise
