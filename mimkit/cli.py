@@ -212,6 +212,14 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shards(args: argparse.Namespace) -> int:
+    from mimkit.data.shards import write_shards
+
+    count = write_shards(args.source, args.out, args.shard_size, progress=sys.stderr.isatty())
+    print(f"wrote {count} images as shards to {args.out}; train on them with data.source=shards data.path={args.out}")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     recipes = packaged_configs()
     width = max(len(name) for name, _ in recipes)
@@ -359,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-images", type=int, default=16, help="images in one grid; of more, a choice seeded by --seed (default 16)"
     )
     viz.set_defaults(handler=_visualize)
+
+    shards = commands.add_parser("shards", help="write an image folder as shards that training can stream")
+    shards.add_argument("source", help="the image folder (class sub-folders become labels, as data.source=folder)")
+    shards.add_argument("out", help="a new or empty folder, or a URL such as s3://bucket/shards (mosaicml-streaming)")
+    shards.add_argument("--shard-size", help="largest shard in bytes, or e.g. 64mb (the default), 1gb")
+    shards.set_defaults(handler=_shards)
 
     recipes = commands.add_parser("configs", help="list the packaged recipes (names for --config)")
     recipes.set_defaults(handler=_configs)

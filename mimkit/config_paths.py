@@ -14,6 +14,11 @@ RECIPE_COMMANDS = {"finetune": ("finetune", "linprobe", "knn"), "detect": ("dete
 """The commands that run the packaged recipes of a folder; every other folder holds pretraining recipes."""
 
 
+def is_url(path: str) -> bool:
+    """Whether a data path is a URL (``s3://``, ``gs://``, ``https://``, ...) rather than a local path."""
+    return "://" in path
+
+
 def resolve_config_path(name: str | None, command: str | None = None) -> str | None:
     """A config path as given, or the packaged recipe of that name (with or without ``.yaml``). With ``command``, a
     packaged recipe of another command is refused, naming the command that runs it."""

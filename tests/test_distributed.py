@@ -28,8 +28,8 @@ def _run(command: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _run_two_processes(*cli_args: str) -> None:
-    """``mimkit <cli_args>`` under torchrun with two CPU processes."""
+def _run_two_processes(*cli_args: str, program: tuple[str, ...] = ("-m", "mimkit.cli")) -> None:
+    """``mimkit <cli_args>`` (or another ``program``, e.g. a script) under torchrun with two CPU processes."""
     _run(
         [
             sys.executable,
@@ -39,8 +39,7 @@ def _run_two_processes(*cli_args: str) -> None:
             "--nproc_per_node=2",
             "--master_addr=127.0.0.1",
             f"--master_port={_free_port()}",
-            "-m",
-            "mimkit.cli",
+            *program,
             *cli_args,
         ]
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mimkit.config_paths import is_url
 from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml
 from mimkit.config_types import Count, NonNegativeInt
 from mimkit.engine.config_parts import CLIP_SOURCES, AccumulationFields, ImageDataFields, LoopFields, OptimFields
@@ -30,17 +31,33 @@ class ModelSection(Settings):
 
 @dataclass
 class DataSection(ImageDataFields):
-    source: Literal["samples", "folder", "fashion_mnist", "sample_clips", "clips"] = "samples"
+    source: Literal["samples", "folder", "fashion_mnist", "shards", "sample_clips", "clips"] = "samples"
     """``samples``: scikit-image's photos; ``folder``: any folder of images; ``fashion_mnist``: its idx files;
-    ``sample_clips``: clips panned and zoomed over the photos; ``clips``: a folder of clips (frame folders or video
-    files). The clip sources need a video model."""
+    ``shards``: images written by ``mimkit shards`` (local or in object storage); ``sample_clips``: clips panned and
+    zoomed over the photos; ``clips``: a folder of clips (frame folders or video files). The clip sources need a video
+    model."""
     path: str | None = None
-    """The image folder (``folder``), the idx folder (``fashion_mnist``, default the Debian location) or the clip
-    folder (``clips``)."""
+    """The image folder (``folder``), the idx folder (``fashion_mnist``, default the Debian location), the shards
+    (``shards``: a local folder or a URL such as ``s3://bucket/shards``) or the clip folder (``clips``)."""
+    cache: str | None = None
+    """``shards`` from a URL: the local folder the shards are downloaded to (required then; unused otherwise)."""
+    canonical_nodes: Count = 1
+    """``shards``: streaming's number of canonical nodes. The sample order depends on it and not on the number of
+    machines, processes or workers: keep it fixed for a run and its resumes; the number of machines should divide it
+    or be a multiple of it (streaming fetches each machine's part of the shards only)."""
     hflip: bool = True
     """Random horizontal flips (off for motion-direction data such as SSV2)."""
     samples_per_epoch: Count | None = None
     """Random crops per epoch; default: the number of images (512 for the 18 sample photos)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source != "shards":
+            return
+        if not self.path:
+            raise ValueError("data.source 'shards' needs data.path: the folder or URL that mimkit shards wrote")
+        if is_url(self.path) and not self.cache:
+            raise ValueError(f"data.path {self.path} is remote; set data.cache to a local folder to download it to")
 
 
 @dataclass

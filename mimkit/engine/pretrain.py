@@ -27,6 +27,7 @@ from mimkit.data import (
     load_readable,
     pretrain_transform,
 )
+from mimkit.data.shards import open_shards
 from mimkit.data.sources import ImageSource
 from mimkit.data.video import ClipTransform, build_clip_source
 from mimkit.engine.checkpoint import TrainPosition
@@ -64,11 +65,14 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_368_787 + step) % (2**63))
 
 
-def data_pipeline(data: DataSection) -> tuple[ImageSource, Callable, Callable]:
+def data_pipeline(data: DataSection, seed: int) -> tuple[ImageSource, Callable, Callable]:
     """The source, the training augmentation and the deterministic transform of the reconstruction pictures;
-    clip sources get the same image transforms applied to every sampled frame alike."""
+    clip sources get the same image transforms applied to every sampled frame alike. Shards are read in ``seed``'s
+    order."""
     train = pretrain_transform(data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip)
     viz = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+    if data.source == "shards":
+        return open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes), train, viz
     if data.source not in CLIP_SOURCES:
         return build_source(data.source, data.path), train, viz
     return (
@@ -105,7 +109,7 @@ class Pretrainer:
         train, data = config.train, config.data
         seed_global_generators(train.seed + self.dist.rank)
 
-        self.source, transform, viz_transform = data_pipeline(data)
+        self.source, transform, viz_transform = data_pipeline(data, train.seed)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)
         self.micro_batch_global = train.batch_size * self.dist.world_size
         self.samples_per_epoch = data.samples_per_epoch or (
@@ -120,15 +124,19 @@ class Pretrainer:
             )
         self.geometry = RunGeometry(self.micro_batch_global * train.accum_steps, self.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * train.epochs
-        self.sampler = StepSampler(
-            len(self.source),
-            self.micro_batch_global,
-            self.steps_per_epoch * train.accum_steps,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            seed=train.seed,
-        )
-        self.loader = batch_loader(dataset, train.batch_size, self.sampler, data.num_workers, self.dist.device)
+        if data.source == "shards":  # streaming splits each epoch between processes and workers
+            dataset = self.sampler = self.source.stream.read_in_steps(dataset, train.batch_size, self.dist.world_size)
+        else:
+            self.sampler = StepSampler(
+                len(self.source),
+                self.micro_batch_global,
+                self.steps_per_epoch * train.accum_steps,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                seed=train.seed,
+            )
+        sampler = None if dataset is self.sampler else self.sampler
+        self.loader = batch_loader(dataset, train.batch_size, sampler, data.num_workers, self.dist.device)
 
         self.model = build_pretrain_model(config).to(self.dist.device)
         self.lr = effective_lr(config.optim.base_lr, self.geometry.images_per_step)
