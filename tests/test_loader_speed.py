@@ -42,10 +42,10 @@ def _torchvision_box(width: int, height: int, seed: int) -> tuple[int, int, int,
     return left, top, crop_w, crop_h
 
 
-def _photo_jpeg(path, size: tuple[int, int], photo: int = 0, **save) -> Image.Image:
+def _photo_jpeg(path, size: tuple[int, int], photo: int = 0, mode: str = "RGB") -> Image.Image:
     """A sample photo resized to ``size`` and saved as a quality-90 JPEG (returns what was saved)."""
-    image = SamplePhotos().load(photo).convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    image.save(path, quality=90, **save)
+    image = SamplePhotos().load(photo).convert(mode).resize(size, Image.Resampling.BICUBIC)
+    image.save(path, quality=90)
     return image
 
 
@@ -111,17 +111,20 @@ def test_reduced_jpeg_decode_gives_the_full_decode_sample(tmp_path):
     assert reduced >= 6  # most of these crops were decoded at 1/2 or 1/4 size
 
 
-def test_small_images_and_arrays_follow_the_reference_sample(tmp_path):
-    """No reduction (a 500x375 JPEG at 224 px, an in-memory photo): only the resize implementation differs."""
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_small_images_and_arrays_follow_the_reference_sample(tmp_path, mode):
+    """No reduction (a 500x375 JPEG at 224 px, an in-memory photo): only the resize implementation differs; a
+    gray file or photo becomes RGB as the reference converts it."""
     path = tmp_path / "photo.jpg"
-    _photo_jpeg(path, (500, 375), photo=4)
+    _photo_jpeg(path, (500, 375), photo=4, mode=mode)
     transform = pretrain_transform(224, 3, MEAN, STD)
-    photo = SamplePhotos().load(0)
+    photo = SamplePhotos().load(0 if mode == "RGB" else 1)
+    assert photo.mode == mode
     for seed in range(6):
         torch.manual_seed(seed)
-        expected_file = _reference(224)(open_image(path))
+        expected_file = _reference(224)(open_image(path).convert("RGB"))
         torch.manual_seed(seed)
-        expected_array = _reference(224)(photo)
+        expected_array = _reference(224)(photo.convert("RGB"))
         from_file = transform.from_file(path, torch.Generator().manual_seed(seed))
         from_array = transform(photo, torch.Generator().manual_seed(seed))
         assert (_gray_levels(from_file) - _gray_levels(expected_file)).abs().mean() < 0.25

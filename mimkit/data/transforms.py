@@ -61,7 +61,7 @@ class PretrainTransform:
         self.offset = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_tensor
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        image = self.convert(image)
+        image = to_8bit(image)
         return self._finish(image, draw_crop_box(*image.size, self.crop_scale, generator=generator), 1, generator)
 
     def from_file(self, path: str | Path, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -73,30 +73,37 @@ class PretrainTransform:
             return decode_reduction(boxes[0], self.img_size)
 
         image, reduction = open_image_reduced(path, reduction_for_crop)
-        return self._finish(self.convert(image), boxes[0], reduction, generator)
+        return self._finish(image, boxes[0], reduction, generator)
 
     def _finish(self, image: Image.Image, box: CropBox, reduction: int, generator: torch.Generator | None):
+        """``image``: 8-bit "L" or "RGB". Gray turns RGB by copying its channel, after the crop (the same pixels
+        as converting first, for less work); RGB turns gray by Pillow's luma before it."""
         flip = self.hflip and torch.rand(1, generator=generator).item() < 0.5
-        resized = self._resized_crop(image, box, reduction)
+        if image.mode == "RGB" and self.convert.mode == "L":
+            image = self.convert(image)
+        resized = self._resized_crop(image, box, reduction, channels=len(self.convert.mode))
         if flip:
             resized = resized.flip(-1)
         return resized.contiguous().float().mul_(self.gain).add_(self.offset)
 
-    def _resized_crop(self, image: Image.Image, box: CropBox, reduction: int) -> torch.Tensor:
+    def _resized_crop(self, image: Image.Image, box: CropBox, reduction: int, channels: int) -> torch.Tensor:
         """The crop ``box`` (full-size pixels) of ``image`` (decoded at 1/``reduction`` size), bicubic-resized to
-        ``img_size``: uint8, ``(C, H, W)``. A whole-pixel box is resized by torch on uint8 pixels (about 2.5x
-        faster than Pillow, within 0.02 gray levels of it on average); a box that falls between the pixels of a
-        reduced image by Pillow, which resizes from fractional boxes (rounding the box to whole pixels would shift
-        the crop by up to half a reduced pixel)."""
+        ``img_size``: uint8, ``(channels, H, W)`` (a gray image's channel repeated). A whole-pixel box is resized
+        by torch on uint8 pixels (about 2.5x faster than Pillow, within 0.02 gray levels of it on average); a box
+        that falls between the pixels of a reduced image by Pillow, which resizes from fractional boxes (rounding
+        the box to whole pixels would shift the crop by up to half a reduced pixel)."""
         edges = (box.left, box.top, box.left + box.width, box.top + box.height)
         size = (self.img_size, self.img_size)
         if reduction > 1:
             scaled = tuple(edge / reduction for edge in edges)
             pixels = np.array(image.resize(size, Image.Resampling.BICUBIC, box=scaled))
-            return torch.from_numpy(pixels.reshape(*size, -1)).permute(2, 0, 1)
-        pixels = np.array(image.crop(edges))
-        crop = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)
-        return F.interpolate(crop[None], size=size, mode="bicubic", antialias=True)[0]
+            resized = torch.from_numpy(pixels.reshape(*size, -1)).permute(2, 0, 1)
+        else:
+            pixels = np.array(image.crop(edges))
+            crop = torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)
+            # channels last (a permuted height x width x channels array): torch's fast uint8 kernel
+            resized = F.interpolate(crop[None], size=size, mode="bicubic", antialias=True)[0]
+        return resized.expand(channels, -1, -1)
 
 
 pretrain_transform = PretrainTransform  # the name callers knew when it returned a torchvision Compose
