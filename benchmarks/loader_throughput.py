@@ -11,7 +11,7 @@ scikit-image's sample photos into a temporary folder with class sub-folders (or 
 alternate over ``--rounds`` passes in this one process; a pass is timed from its first batch to its last (the
 workers' start-up and first batch are left out) and the median pass is reported.
 
-    python benchmarks/loader_throughput.py --workers 0 1 --images 400 --batch 32
+    python benchmarks/loader_throughput.py --workers 0 1 2 --images 384 --batch 32
     python benchmarks/loader_throughput.py --workers 4 --json   # last line: one JSON record
 """
 
@@ -117,10 +117,18 @@ def measure(root: Path, workers: int, images: int, batch: int, rounds: int, only
     return record
 
 
+def pass_images(asked: int | None, batch: int, workers: int) -> int:
+    """Images per timed pass: as asked, else enough that each worker makes 8 batches (at least 384 images)."""
+    return asked or max(384, 8 * batch * max(workers, 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="loader worker counts (0: in-process)")
-    parser.add_argument("--images", type=int, default=384, help="images per timed pass (and files made)")
+    parser.add_argument(
+        "--images", type=int, help="images per timed pass (default: 384, or 8 batches per worker if more)"
+    )
+    parser.add_argument("--files", type=int, default=256, help="JPEG files to make (passes cycle through them)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="alternating passes of each pipeline")
     parser.add_argument("--folder", type=Path, help="folder of JPEGs to read (made here when missing or empty)")
@@ -131,14 +139,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = args.folder or Path(scratch)
         if not any(root.rglob("*.jpg")):
-            write_photo_folder(root, args.images)
-        records = [measure(root, workers, args.images, args.batch, args.rounds, args.only) for workers in args.workers]
+            write_photo_folder(root, args.files)
+        records = [
+            measure(root, workers, pass_images(args.images, args.batch, workers), args.batch, args.rounds, args.only)
+            for workers in args.workers
+        ]
     load = os.getloadavg()[0]
-    print(f"{IMG_SIZE} px, batch {args.batch}, {args.images} images per pass, load average {load:.2f}")
-    print(f"{'workers':>7}  {'mimkit img/s':>12}  {'torchvision img/s':>17}  {'ratio':>5}")
+    print(f"{IMG_SIZE} px, batch {args.batch}, load average {load:.2f}")
+    print(f"{'workers':>7}  {'images':>6}  {'mimkit img/s':>12}  {'torchvision img/s':>17}  {'ratio':>5}")
     for record in records:
         cells = [f"{record.get(f'{name}_images_per_s', float('nan')):.1f}" for name in PIPELINES]
-        print(f"{record['workers']:>7}  {cells[0]:>12}  {cells[1]:>17}  {record.get('ratio', float('nan')):>5.2f}")
+        ratio = record.get("ratio", float("nan"))
+        print(f"{record['workers']:>7}  {record['images']:>6}  {cells[0]:>12}  {cells[1]:>17}  {ratio:>5.2f}")
     if args.json:
         print(json.dumps({**records[-1], "load_average": load}))
 
