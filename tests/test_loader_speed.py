@@ -19,6 +19,7 @@ from mimkit.data.crops import decode_reduction, draw_crop_box
 from mimkit.data.decode import EXIF_ORIENTATION, open_image, open_image_reduced
 from mimkit.data.sources import SamplePhotos
 from tests.conftest import tiny_overrides
+from tests.transfer_files import write_fashion_mnist_files
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 SCALE, RATIO = (0.2, 1.0), (3 / 4, 4 / 3)
@@ -168,12 +169,24 @@ def test_folder_dataset_reads_files_with_the_seeded_fast_path(tmp_path):
     assert (_gray_levels(first) - _gray_levels(in_memory)).abs().mean() < 1.5
 
 
+def _step_times(metrics_path) -> list[tuple[float, float]]:
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    return [(record["data_s"], record["step_s"]) for record in records if "loss" in record]
+
+
 def test_pretrain_records_data_and_step_time(tmp_path, capsys):
     overrides = tiny_overrides(tmp_path / "run", "train.epochs=1", "data.samples_per_epoch=16", "train.batch_size=4")
     assert main(["pretrain", *overrides]) == 0
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [record for record in records if "loss" in record]
-    assert len(steps) == 4
-    for record in steps:
-        assert 0 <= record["data_s"] <= record["step_s"]
+    times = _step_times(tmp_path / "run" / "metrics.jsonl")
+    assert len(times) == 4 and all(0 <= data_s <= step_s for data_s, step_s in times)
+    assert "data 0." in capsys.readouterr().out
+
+
+def test_finetune_records_data_and_step_time(tmp_path, capsys):
+    data = write_fashion_mnist_files(tmp_path / "idx")
+    output = tmp_path / "run"
+    cut = ["data.train_limit=64", "data.val_limit=32", "train.max_steps=2", "train.log_every=1"]
+    assert main(["finetune", "--output", str(output), f"data.train_path={data}", *cut]) == 0
+    times = _step_times(output / "metrics.jsonl")
+    assert len(times) == 2 and all(0 <= data_s <= step_s for data_s, step_s in times)
     assert "data 0." in capsys.readouterr().out
