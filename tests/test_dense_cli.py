@@ -67,6 +67,8 @@ def test_every_family_trains_and_evaluates(task, model, demo, tmp_path, capsys):
         assert 0.0 <= evaluation[key] <= 100.0
     assert (output / "pictures" / "step_00000002.png").is_file()
     assert len(_losses(output)) == 2 and all(loss > 0 for loss in _losses(output))
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= record["data_s"] <= record["step_s"] for record in records if "loss" in record)
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])

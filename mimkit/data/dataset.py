@@ -17,6 +17,7 @@ import torch
 
 from mimkit.data.decode import UNREADABLE_IMAGE_ERRORS
 from mimkit.data.sources import ImageSource
+from mimkit.data.transforms import PretrainTransform
 from mimkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.source)):
             position = (index + attempt) % len(self.source)
             try:
-                image = self.source.load(position)
-                with seeded_randomness(sample_seed(self.seed, epoch, index)):
-                    tensor = self.transform(image)
+                tensor = self._transformed(position, sample_seed(self.seed, epoch, index))
             except UNREADABLE_IMAGE_ERRORS as err:
                 log.warning("skipping unreadable image %s: %s", self.source.name_of(position), err)
                 skipped += 1
@@ -89,11 +88,26 @@ class AugmentedDataset(torch.utils.data.Dataset):
             "replace or remove the broken files, or point the data path at readable images"
         )
 
+    def _transformed(self, position: int, seed: int) -> torch.Tensor:
+        """Item ``position`` transformed with the draws of ``seed``: a :class:`PretrainTransform` draws from a
+        generator of its own and reads files directly (shrunk while decoding when the crop allows); any other
+        transform draws from the global generators, seeded for the sample and restored afterwards."""
+        if not isinstance(self.transform, PretrainTransform):
+            image = self.source.load(position)
+            with seeded_randomness(seed):
+                return self.transform(image)
+        generator = torch.Generator().manual_seed(seed)
+        path = self.source.file_of(position)
+        if path is None:
+            return self.transform(self.source.load(position), generator)
+        return self.transform.from_file(path, generator)
+
 
 def collate_items(items: list[dict]) -> dict:
     """Stack images; labels/indices become tensors; ``skipped`` is summed over the batch."""
     return {
-        "image": torch.stack([item["image"] for item in items]),
+        # default_collate stacks straight into shared memory inside a loader worker (one copy less per batch)
+        "image": torch.utils.data.default_collate([item["image"] for item in items]),
         "label": torch.tensor([item["label"] for item in items]),
         "index": torch.tensor([item["index"] for item in items]),
         "skipped": sum(item["skipped"] for item in items),

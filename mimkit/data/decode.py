@@ -29,6 +29,7 @@ counts it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from PIL import Image, ImageOps
 UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
 
 TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT, TIFF_SIGNED = 258, 339, 2
+EXIF_ORIENTATION = 0x0112
 SINGLE_CHANNEL_MODES = ("L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 GRAY_WITH_ALPHA_MODES = ("LA", "La")
 ALPHA_MODES = ("RGBA", "RGBa", "PA", *GRAY_WITH_ALPHA_MODES)
@@ -45,16 +47,52 @@ ALPHA_MODES = ("RGBA", "RGBa", "PA", *GRAY_WITH_ALPHA_MODES)
 
 def open_image(path: str | Path) -> Image.Image:
     """The image file at ``path`` decoded by this module's rules: an upright 8-bit "L" or "RGB" image."""
+    return open_image_reduced(path, lambda width, height: 1)[0]
+
+
+def open_image_reduced(path: str | Path, choose_reduction: Callable[[int, int], int]) -> tuple[Image.Image, int]:
+    """The image at ``path`` as :func:`open_image` decodes it, possibly shrunk by a factor the caller chooses.
+
+    ``choose_reduction(width, height)`` is called once with the upright full size and returns 1, 2, 4 or 8. A
+    plain 8-bit JPEG (mode "RGB" or "L") without an EXIF rotation or mirroring is then decoded at that reduced
+    size by libjpeg's scaled decoding (``Image.draft``: size ``ceil(width / s)`` x ``ceil(height / s)``, pixel
+    ``(x, y)`` covering the full image's ``[s*x, s*x + s)`` x ``[s*y, s*y + s)``); every other image is decoded
+    whole by the rules above. Returns the image and the reduction applied (1 for those others).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if _draftable(image):
+                    return _drafted(image, choose_reduction(*image.size))
                 sample_type = _stored_sample_type(image)
-                return to_8bit(ImageOps.exif_transpose(image), sample_type)
+                decoded = to_8bit(ImageOps.exif_transpose(image), sample_type)
+                choose_reduction(*decoded.size)
+                return decoded, 1
     except UNREADABLE_IMAGE_ERRORS:
         raise
     except Exception as err:  # decompression bombs, and Pillow failing on some corrupt files with any error type
         raise OSError(f"cannot decode ({type(err).__name__}: {err})") from err
+
+
+def _draftable(image: Image.Image) -> bool:
+    """A JPEG that libjpeg can decode shrunk and that none of this module's rules changes: 8-bit RGB or gray,
+    opaque, upright (the rotation of a reduced image would misplace the crop by the last partial block)."""
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and "transparency" not in image.info
+        and image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    )
+
+
+def _drafted(image: Image.Image, reduction: int) -> tuple[Image.Image, int]:
+    if reduction > 1:
+        width = image.width
+        drafted = image.draft(None, (image.width // reduction, image.height // reduction))
+        reduction = 1 if drafted is None else round(width / drafted[1][2])
+    image.load()  # leaving the file's context closes only the file: the decoded pixels stay
+    return image, reduction
 
 
 def _stored_sample_type(image: Image.Image) -> np.dtype | None:

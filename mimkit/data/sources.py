@@ -67,6 +67,11 @@ class ImageSource:
     def name_of(self, index: int) -> str:
         return f"{type(self).__name__}[{index}]"
 
+    def file_of(self, index: int) -> Path | None:
+        """The image file item ``index`` is decoded from, when it is one whole file (read directly by transforms
+        that decode for their crop)."""
+        return None
+
 
 def existing_folder(root: str | Path, kind: str) -> Path:
     """``root`` as a path, or a clear error when it is missing or not a folder (``kind``: image, clip)."""
@@ -92,6 +97,9 @@ class ImageFiles(ImageSource):
 
     def name_of(self, index: int) -> str:
         return str(self.paths[index])
+
+    def file_of(self, index: int) -> Path:
+        return self.paths[index]
 
 
 class ImageFolder(ImageFiles):

@@ -32,6 +32,7 @@ from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, layer_decay_param_groups, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.step_timer import StepTimer
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.loading import load_encoder, resolved_encoder_config
 
@@ -226,13 +227,14 @@ class DenseTrainer:
             progress,
         ):
             self.model.train()
+            timer = StepTimer(self.dist.device)
             while self.position.step < stop_at:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 steps_before = self.position.step
                 window_start = time.perf_counter()
                 micro, sums = 0, {}
-                for batch in self.loader:
+                for batch in timer.batches(self.loader):
                     for name, value in self._accumulate(batch, micro).items():
                         sums[name] = sums.get(name, 0) + value
                     micro += 1
@@ -246,9 +248,10 @@ class DenseTrainer:
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
+                    timing = timer.step_done(progress.log_point(self.position.step))
                     record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr, "images_per_s": speed}
-                    metrics.write(record)
-                    progress.update(self.position.step, epoch, losses["loss"], lr, speed)
+                    metrics.write({**record, **timing})
+                    progress.update(self.position.step, epoch, losses["loss"], lr, speed, timing)
                     step = self.position.step
                     evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
                     if evaluating:

@@ -124,13 +124,28 @@ class ProgressDisplay:
             return "?"
         return format_duration((self.total - step) * (time.perf_counter() - self.started) / done)
 
-    def update(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float) -> None:
+    def log_point(self, step: int) -> bool:
+        """Whether ``step`` gets a plain progress line (every ``log_every`` steps, and the last)."""
+        return step % self.log_every == 0 or step == self.total
+
+    def update(
+        self,
+        step: int,
+        epoch: int,
+        loss: float,
+        lr: float,
+        images_per_s: float,
+        timing: dict[str, float] | None = None,
+    ) -> None:
+        """Show a finished step; ``timing`` is its :class:`~mimkit.engine.step_timer.StepTimer` record."""
         if not self.enabled:
             return
         status = f"epoch {epoch}  loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.1f} img/s"
+        if timing is not None:
+            status += f"  data {timing['data_s']:.3f}s/step {timing['step_s']:.3f}s"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, status=status)
-        if step % self.log_every == 0 or step == self.total:
+        if self.log_point(step):
             line = f"{clock()}  step {step}/{self.total}  {status}  eta {self.eta(step)}"
             if self.bar is None:
                 print(line, flush=True)

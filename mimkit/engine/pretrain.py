@@ -38,6 +38,7 @@ from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr, 
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.step_timer import StepTimer
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
@@ -247,13 +248,14 @@ class Pretrainer:
             metrics,
             progress,
         ):
+            timer = StepTimer(self.dist.device)
             while self.position.step < stop_at:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 steps_before = self.position.step
                 window_start, window_images = time.perf_counter(), 0
                 micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
-                for batch in self.loader:
+                for batch in timer.batches(self.loader):
                     summary.skipped_images += batch["skipped"]
                     if micro == 0:
                         generator = _step_generator(train.seed, self.position.step)
@@ -271,6 +273,7 @@ class Pretrainer:
                     summary.last_loss = loss
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    timing = timer.step_done(progress.log_point(self.position.step))
                     metrics.write(
                         {
                             "step": self.position.step,
@@ -278,9 +281,10 @@ class Pretrainer:
                             "loss": loss,
                             "lr": lr,
                             "images_per_s": speed,
+                            **timing,
                         }
                     )
-                    progress.update(self.position.step, epoch, loss, lr, speed)
+                    progress.update(self.position.step, epoch, loss, lr, speed, timing)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:

@@ -26,6 +26,7 @@ from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_decay_param_groups, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.step_timer import StepTimer
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier
 from mimkit.eval.config import TransferConfig
@@ -235,21 +236,23 @@ class TransferTrainer:
             metrics,
             progress,
         ):
+            timer = StepTimer(self.dist.device)
             while self.position.step < stop_at:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch)
                 self.model.train()
                 steps_before = self.position.step
                 window_start = time.perf_counter()
-                for batch in self.loader:
+                for batch in timer.batches(self.loader):
                     loss = self._train_step(batch, self.position.step)
                     epoch_ended = advance(self.position, self.steps_per_epoch)
                     lr = max(group["lr"] for group in self.optimizer.param_groups)
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr})
-                    progress.update(self.position.step, epoch, loss, lr, speed)
+                    timing = timer.step_done(progress.log_point(self.position.step))
+                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, **timing})
+                    progress.update(self.position.step, epoch, loss, lr, speed, timing)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
