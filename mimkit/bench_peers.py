@@ -148,16 +148,17 @@ def run_peers(
 def format_peers_table(results: list[PeerResult]) -> str:
     """A markdown table: one row per implementation and size."""
     lines = [
-        "| implementation | size | batch | px | precision | median s | img/s | GFLOP/step | MFU | mimkit speed ratio "
-        "| same loss | note |",
+        "| implementation | size | batch | px | precision | median s (min-max) | img/s | GFLOP/step | MFU "
+        "| mimkit speed ratio | same loss | note |",
         "|---|---|--:|--:|---|--:|--:|--:|--:|--:|---|---|",
     ]
     same = {None: "reference", True: "yes", False: "NO"}
     for r in results:
         mode = r.precision + (", compiled" if r.compiled else "")
         lines.append(
-            f"| {r.implementation} | {r.size} | {r.batch} | {r.image_size} | {mode} | {r.median_s:.3f} "
-            f"| {r.images_per_s:.1f} | {r.gflop_per_step:.2f} | {r.mfu:.2f} | {r.speed_ratio:.2f}x "
+            f"| {r.implementation} | {r.size} | {r.batch} | {r.image_size} | {mode} "
+            f"| {r.median_s:.3f} ({r.min_s:.3f}-{r.max_s:.3f}) | {r.images_per_s:.1f} | {r.gflop_per_step:.2f} "
+            f"| {r.mfu:.2f} | {r.speed_ratio:.2f}x "
             f"| {same[r.loss_matches]} | {r.note} |"
         )
     return "\n".join(lines)

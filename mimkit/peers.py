@@ -37,6 +37,7 @@ from mimkit.masking import num_visible_tokens
 from mimkit.methods.mae import MAE
 from mimkit.model_configs.mae import MAEConfig
 from mimkit.model_configs.registry import model_config
+from mimkit.official.checkpoint import rename_by_prefix
 
 IMPLEMENTATIONS = ("mimkit", "hf", "lightly")
 LIBRARIES = {"hf": "transformers", "lightly": "lightly"}
@@ -224,31 +225,25 @@ def _mimkit_weights(model: MAE) -> dict[str, torch.Tensor]:
     return weights
 
 
-def _rename(key: str, names: dict[str, str]) -> str:
-    for old, new in names.items():
-        if key.startswith(old):
-            return new + key[len(old) :]
-    raise KeyError(f"mimkit MAE weight '{key}' has no counterpart in the peer")
-
-
 def peer_weights(model: MAE, implementation: str) -> dict[str, torch.Tensor]:
     """mimkit MAE weights under the peer's names (``hf`` splits each ``qkv`` into query, key and value)."""
-    names = _HF_NAMES if implementation == "hf" else _LIGHTLY_NAMES
+    names = tuple((_HF_NAMES if implementation == "hf" else _LIGHTLY_NAMES).items())
+    what = f"mimkit-to-{implementation}"
     converted = {}
     for key, value in _mimkit_weights(model).items():
         block = _BLOCK.fullmatch(key)
         if implementation == "hf" and block:
-            prefix = _rename(f"{block[1]}.blocks.{block[2]}.", names)
+            prefix = rename_by_prefix(f"{block[1]}.blocks.{block[2]}.", names, what)
             part = block[3]
             if part.startswith("attn.qkv."):
                 kind = part.removeprefix("attn.qkv.")
                 for name, chunk in zip(("query", "key", "value"), value.chunk(3, dim=0), strict=True):
                     converted[f"{prefix}attention.attention.{name}.{kind}"] = chunk
                 continue
-            part = _rename(part, _HF_BLOCK_PARTS)
+            part = rename_by_prefix(part, tuple(_HF_BLOCK_PARTS.items()), what)
             converted[prefix + part] = value
         else:
-            converted[_rename(key, names)] = value
+            converted[rename_by_prefix(key, names, what)] = value
     return converted
 
 
