@@ -74,6 +74,10 @@ def run_peers(
     FLOPs are counted eagerly."""
     if ("mae", size) not in SIZES:
         raise MimkitError(f"no MAE size '{size}'; known: {', '.join(s for m, s in SIZES if m == 'mae')}")
+    if precision not in LOSS_TOLERANCE:
+        raise MimkitError(f"precision must be one of {', '.join(LOSS_TOLERANCE)}, got '{precision}'")
+    if repeats < 1 or warmup < 0 or (batch is not None and batch < 1):
+        raise MimkitError("--batch and --repeats must be at least 1, --warmup at least 0")
     if device == "cuda" and not torch.cuda.is_available():
         raise MimkitError("--device cuda, but no CUDA device is available")
     for implementation in LIBRARIES:

@@ -70,6 +70,15 @@ def test_a_missing_peer_library_names_the_extra(monkeypatch, capsys):
     assert len(err.splitlines()) == 1
 
 
-def test_peers_is_mae_only(capsys):
-    assert main(["bench", "--peers", "--methods", "convmae"]) == 2
-    assert "MAE implementations only" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--methods", "convmae"], "MAE implementations only"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--quality"], "choose one"),
+    ],
+)
+def test_peers_mistakes_end_in_one_line_before_anything_runs(options, message, capsys):
+    assert main(["bench", "--peers", *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
