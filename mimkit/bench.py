@@ -16,7 +16,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -81,8 +83,9 @@ DEFAULT_BATCH = {"base": 8, "small": 32}
 
 
 @dataclass
-class BenchResult:
-    method: str
+class StepTiming:
+    """What a timing of full pretraining steps reports, here and in ``mimkit bench --peers``."""
+
     size: str
     model: str
     batch: int
@@ -97,6 +100,27 @@ class BenchResult:
     achieved_gflops: float
     peak_gflops: float
     mfu: float
+
+
+def step_timing_fields(batch: int, times: list[float], flops: float, peak_gflops: float) -> dict[str, float]:
+    """The :class:`StepTiming` numbers of ``batch`` images a step from step ``times`` (s) and ``flops`` a step."""
+    median = statistics.median(times)
+    achieved = flops / median / 1e9
+    return {
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "images_per_s": batch / median,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": achieved,
+        "peak_gflops": peak_gflops,
+        "mfu": achieved / peak_gflops,
+    }
+
+
+@dataclass
+class BenchResult(StepTiming):
+    method: str
     peak_memory_mb: float
     anchor_s: float | None
     speedup_vs_anchor: float | None
@@ -107,19 +131,22 @@ def peak_matmul_gflops(device: torch.device, dtype: torch.dtype, size: int = 204
     """The best of ``repeats`` square matmuls of ``size``, in GFLOP/s: the device's practical peak."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        _synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _synchronize(device)
-        best = min(best, time.perf_counter() - start)
+    best = min(seconds_of(partial(torch.mm, a, b), device) for _ in range(repeats + 1))
     return 2 * size**3 / best / 1e9
 
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds_of(run: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of ``run()``, with the device's queued work finished before and after."""
+    _synchronize(device)
+    start = time.perf_counter()
+    run()
+    _synchronize(device)
+    return time.perf_counter() - start
 
 
 def measure(
@@ -166,21 +193,14 @@ def measure(
         step(timed)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for _ in range(repeats):
-        _synchronize(dev)
-        start = time.perf_counter()
-        step(timed)
-        _synchronize(dev)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    times = [seconds_of(partial(step, timed), dev) for _ in range(repeats)]
     if dev.type == "cuda":
         peak_memory = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak = peak_matmul_gflops(dev, torch.bfloat16 if precision == "bf16" else torch.float32)
-    achieved = flops / median / 1e9
     anchor = ANCHORS.get((method, size, batch)) if image_size == default_size and precision == "fp32" else None
+    timing = step_timing_fields(batch, times, flops, peak)
     return BenchResult(
         method=method,
         size=size,
@@ -189,17 +209,10 @@ def measure(
         image_size=image_size,
         device=dev.type,
         precision=precision,
-        median_s=median,
-        min_s=min(times),
-        max_s=max(times),
-        images_per_s=batch / median,
-        gflop_per_step=flops / 1e9,
-        achieved_gflops=achieved,
-        peak_gflops=peak,
-        mfu=achieved / peak,
+        **timing,
         peak_memory_mb=peak_memory,
         anchor_s=anchor,
-        speedup_vs_anchor=anchor / median if anchor else None,
+        speedup_vs_anchor=anchor / timing["median_s"] if anchor else None,
         compiled=compile,
     )
 

@@ -19,6 +19,8 @@ from mimkit.runtime import keep_freed_memory
 
 USER_MISTAKE = 2
 """Exit code of a user mistake (as argparse uses for a bad command line)."""
+ALL_METHODS = ["mae", "convmae", "mixmae", "localmim"]
+"""What ``mimkit bench`` times without ``--methods``."""
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -178,28 +180,46 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timing_options(args: argparse.Namespace) -> dict:
+    """The options of ``mimkit bench`` that say how to time, as ``run_benchmarks`` and ``run_peers`` take them."""
+    names = ("batch", "image_size", "device", "precision", "warmup", "repeats", "compile")
+    return {name: getattr(args, name) for name in names}
+
+
 def _bench(args: argparse.Namespace) -> int:
     from mimkit.bench import format_table, results_json, run_benchmarks
 
+    if args.quality and args.peers:
+        raise MimkitError("--quality and --peers are different benchmarks; choose one")
     if args.quality:
         return _quality(args)
+    if args.peers:
+        return _bench_peers(args)
     mode = f"{args.device}, {args.precision}" + (", torch.compile" if args.compile else "")
     print(f"mimkit bench: {mode}, full steps (forward, loss, backward, AdamW); one process each")
-    results = run_benchmarks(
-        args.methods,
-        args.sizes,
-        args.batch,
-        args.image_size,
-        args.device,
-        args.precision,
-        args.warmup,
-        args.repeats,
-        compile=args.compile,
-    )
+    results = run_benchmarks(args.methods, args.sizes, **_timing_options(args))
     print()
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(results_json(results) + "\n")
+        print(f"results: {args.json}")
+    return 0
+
+
+def _bench_peers(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from mimkit.bench_peers import format_peers_table, run_peers
+
+    if args.methods not in (ALL_METHODS, ["mae"]):
+        raise MimkitError("--peers compares MAE implementations only; leave out --methods")
+    print(f"mimkit bench --peers: MAE in mimkit, transformers and lightly; {args.device}, {args.precision}")
+    results = []
+    for size in args.sizes:
+        results += run_peers(size, **_timing_options(args))
+    print(format_peers_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
         print(f"results: {args.json}")
     return 0
 
@@ -327,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="time a full pretraining step per method and size; --quality: the quality benchmark"
     )
-    bench.add_argument("--methods", nargs="+", default=["mae", "convmae", "mixmae", "localmim"])
+    bench.add_argument("--methods", nargs="+", default=ALL_METHODS)
     bench.add_argument("--sizes", nargs="+", default=["small"], help="small (96 px, CPU-sized) and/or base (224 px)")
     bench.add_argument("--batch", type=int, help="images per step (default: 32 for small, 8 for base)")
     bench.add_argument("--image-size", type=int, help="input size (default: the size's own)")
@@ -337,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--compile", action="store_true", help="time torch.compile(model) (compiled in warm-up)")
     bench.add_argument("--json", help="also write the results to this JSON file")
+    bench.add_argument(
+        "--peers",
+        action="store_true",
+        help="time MAE side by side with transformers' and lightly's (pip install 'mimkit[bench]'), same loss checked",
+    )
     bench.add_argument(
         "--quality",
         action="store_true",
