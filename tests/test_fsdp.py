@@ -22,6 +22,7 @@ from tests.test_distributed import _losses, _run, _run_two_processes
 from tests.transfer_files import write_labelled_images
 
 FSDP = "train.strategy=fsdp"
+CHECKPOINTED = "train.activation_checkpointing=true"
 
 
 def _convert(sharded, output) -> dict[str, torch.Tensor]:
@@ -72,8 +73,8 @@ def test_converted_checkpoint_loads_in_finetune_and_export(tmp_path, capsys):
     capsys.readouterr()
     again = ["convert-checkpoint", "--checkpoint", str(run / "checkpoints" / "last.dcp"), "--output", str(converted)]
     assert main(again) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [f"error: {converted} already exists; name a new file (or "
-                                                            "delete it first to replace it)"]
+    refusal = f"error: {converted} already exists; name a new file (or delete it first to replace it)"
+    assert capsys.readouterr().err.strip().splitlines() == [refusal]
     assert main(["export", "--checkpoint", str(converted), "--output", str(tmp_path / "encoder.safetensors")]) == 0
     finetune = [
         "finetune",
@@ -98,8 +99,8 @@ def test_fsdp_with_one_process_is_refused(tmp_path, capsys):
 
 
 def test_fsdp_fine_tuning_equals_one_process(tmp_path):
-    """FSDP fine-tuning (drop path on, activation checkpointing on): 2 processes x 4 images match 1 process x 8
-    images without either (losses, weights), validation included."""
+    """FSDP fine-tuning with activation checkpointing: 2 processes x 4 images match 1 process x 8 images without
+    either (losses, weights); the best checkpoint is gathered into one file."""
     common = [
         *write_labelled_images(tmp_path / "images"),
         "model.args.patch_size=4",
@@ -115,9 +116,11 @@ def test_fsdp_fine_tuning_equals_one_process(tmp_path):
     ]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "mimkit.cli", "finetune", "--output", str(one), *common, "train.batch_size=8"])
-    _run_two_processes("finetune", "--output", str(two), *common, "train.batch_size=4", FSDP)
-    losses = [[r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-              for run in (one, two)]
+    _run_two_processes("finetune", "--output", str(two), *common, "train.batch_size=4", FSDP, CHECKPOINTED)
+    losses = [
+        [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        for run in (one, two)
+    ]
     assert len(losses[1]) == 4
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     sharded = _convert(two / "checkpoints" / "last.dcp", tmp_path / "two.safetensors")
@@ -165,8 +168,7 @@ def test_pretraining_with_activation_checkpointing_equals_without(tmp_path):
     """Through the command line, one process: the same losses with and without activation checkpointing."""
     plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
     assert main(["pretrain", *tiny_overrides(plain, "train.max_steps=2", "train.visualize_images=0")]) == 0
-    assert main(["pretrain", *tiny_overrides(checkpointed, "train.max_steps=2", "train.visualize_images=0",
-                                             "train.activation_checkpointing=true")]) == 0
+    assert main(["pretrain", *tiny_overrides(checkpointed, "train.max_steps=2", "train.visualize_images=0", CHECKPOINTED)]) == 0
     assert _losses(checkpointed) == pytest.approx(_losses(plain), abs=1e-6)
 
 
