@@ -167,8 +167,9 @@ def test_activation_checkpointing_keeps_loss_and_gradients(kind):
 def test_pretraining_with_activation_checkpointing_equals_without(tmp_path):
     """Through the command line, one process: the same losses with and without activation checkpointing."""
     plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
-    assert main(["pretrain", *tiny_overrides(plain, "train.max_steps=2", "train.visualize_images=0")]) == 0
-    assert main(["pretrain", *tiny_overrides(checkpointed, "train.max_steps=2", "train.visualize_images=0", CHECKPOINTED)]) == 0
+    short = ("train.max_steps=2", "train.visualize_images=0")
+    assert main(["pretrain", *tiny_overrides(plain, *short)]) == 0
+    assert main(["pretrain", *tiny_overrides(checkpointed, *short, CHECKPOINTED)]) == 0
     assert _losses(checkpointed) == pytest.approx(_losses(plain), abs=1e-6)
 
 
