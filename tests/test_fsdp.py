@@ -49,13 +49,17 @@ def test_fsdp_pretraining_equals_one_process_and_converts(tmp_path):
     assert _max_difference(converted, load_checkpoint(one / "checkpoints" / "last.safetensors").model) < 1e-5
 
 
-def test_fsdp_resume_is_exact(tmp_path):
+def test_fsdp_resume_is_exact(tmp_path, capsys):
     """Two FSDP processes stopped after 2 steps, then resumed from the sharded checkpoint with a bare --resume:
-    the same losses and weights as an uninterrupted run."""
+    the same losses and weights as an uninterrupted run. Resuming it as another strategy is refused."""
     whole, split = tmp_path / "whole", tmp_path / "split"
     _run_two_processes("pretrain", *tiny_overrides(whole, "train.batch_size=4", FSDP))
     _run_two_processes("pretrain", *tiny_overrides(split, "train.batch_size=4", "train.max_steps=2", FSDP))
     assert len(_losses(split)) == 2
+    assert main(["pretrain", "--output", str(split), "--resume", "train.strategy=ddp"]) == 2
+    assert "train.strategy" in capsys.readouterr().err
+    assert main(["pretrain", "--output", str(split), "--resume", "--allow-changes", "train.strategy=ddp"]) == 2
+    assert "is a sharded checkpoint, which resumes with train.strategy=fsdp" in capsys.readouterr().err
     _run_two_processes("pretrain", "--output", str(split), "--resume")
     assert _losses(split) == _losses(whole)
     resumed = _convert(split / "checkpoints" / "last.dcp", tmp_path / "split.safetensors")
