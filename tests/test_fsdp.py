@@ -69,11 +69,12 @@ def test_fsdp_resume_is_exact(tmp_path, capsys):
 
 def test_converted_checkpoint_loads_in_finetune_and_export(tmp_path, capsys):
     """A converted sharded checkpoint is a mimkit checkpoint: fine-tuning starts from it and export reads it; the
-    conversion refuses to overwrite a file."""
+    conversion refuses to overwrite a file. Trained in bf16, FSDP keeps fp32 master weights."""
     run = tmp_path / "run"
-    _run_two_processes("pretrain", *tiny_overrides(run, "train.batch_size=4", "train.max_steps=1", FSDP))
+    bf16 = ("train.batch_size=4", "train.max_steps=1", "train.precision=bf16", FSDP)
+    _run_two_processes("pretrain", *tiny_overrides(run, *bf16))
     converted = tmp_path / "converted.safetensors"
-    _convert(run / "checkpoints" / "last.dcp", converted)
+    assert {t.dtype for t in _convert(run / "checkpoints" / "last.dcp", converted).values()} == {torch.float32}
     capsys.readouterr()
     again = ["convert-checkpoint", "--checkpoint", str(run / "checkpoints" / "last.dcp"), "--output", str(converted)]
     assert main(again) == 2
