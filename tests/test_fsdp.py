@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+import warnings
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 from mimkit.cli import main
 from mimkit.engine.checkpoint import load_checkpoint
-from mimkit.engine.sharded_checkpoint import SafeReader
+from mimkit.engine.sharded_checkpoint import SafeReader, _read_every_tensor
 from mimkit.engine.strategy import checkpoint_activations, training_blocks
 from mimkit.errors import CheckpointError
 from mimkit.eval.classifier import Classifier
@@ -189,3 +191,20 @@ def test_dcp_index_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable DCP index"):
         SafeReader(tmp_path / "last.dcp").read_metadata()
     assert not (tmp_path / "ran").exists()
+
+
+def test_sharded_checkpoint_with_non_finite_values_is_not_resumed(tmp_path):
+    """A sharded checkpoint whose weights hold NaN (written here by hand: mimkit refuses to write one) is refused on
+    resume, naming the tensor."""
+    run = tmp_path / "run"
+    _run_two_processes("pretrain", *tiny_overrides(run, "train.batch_size=4", "train.max_steps=1", FSDP))
+    folder = (run / "checkpoints" / "last.dcp").resolve()
+    tensors = _read_every_tensor(folder)
+    tensors["model.encoder.cls_token"] = torch.full_like(tensors["model.encoder.cls_token"], float("nan"))
+    for shard in folder.glob("*.distcp"):
+        shard.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(tensors, checkpoint_id=folder, no_dist=True)
+    with pytest.raises(AssertionError, match="holds NaN or infinite values in tensor 'model.encoder.cls_token'"):
+        _run_two_processes("pretrain", "--output", str(run), "--resume")
