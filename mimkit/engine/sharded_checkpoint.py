@@ -14,7 +14,8 @@ Nothing untrustworthy is written or loaded, and loading never executes code:
 - DCP's ``.metadata`` index is a pickle, which ``FileSystemReader`` loads with plain ``pickle.load``. It is read
   here with an unpickler that admits only DCP's own metadata classes, torch dtypes and sizes (anything else is
   refused), and an index that lists a non-tensor (pickled) entry is refused: DCP would ``torch.load`` it with
-  ``weights_only=False``. The tensors themselves DCP reads with ``torch.load(weights_only=True)``.
+  ``weights_only=False``; so is one naming shard files outside the folder. The tensors themselves DCP reads
+  with ``torch.load(weights_only=True)``.
 - Loading checks the JSON metadata (format, config, train position, optimizer hyper-parameters and parameter
   names), that the folder holds every tensor of the model and optimizer with its shape (DCP), that every loaded
   shard is finite, and the RNG states. DCP keeps no checksum, so flipped bits inside a finite tensor go unnoticed.
@@ -106,6 +107,9 @@ class SafeReader(FileSystemReader):
             raise CheckpointError(
                 f"{self.path} lists a pickled entry '{pickled[0]:.100}', which mimkit never writes; {RESTORE_ADVICE}"
             )
+        files = {getattr(info, "relative_path", None) for info in (metadata.storage_data or {}).values()}
+        if not all(isinstance(name, str) and name == Path(name).name for name in files):
+            raise CheckpointError(f"{self.path} has an index naming files outside its folder; {RESTORE_ADVICE}")
         metadata.storage_meta = StorageMeta(load_id=self.load_id)
         return metadata
 
