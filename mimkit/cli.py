@@ -156,6 +156,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_checkpoint(args: argparse.Namespace) -> int:
+    from mimkit.engine.sharded_checkpoint import convert_sharded
+
+    path = convert_sharded(Path(args.checkpoint), Path(args.output))
+    print(f"checkpoint written to {path}; mimkit finetune (model.checkpoint=) and mimkit export read it")
+    return 0
+
+
 def _quality(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -343,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
     exp.set_defaults(handler=_export)
+
+    convert = commands.add_parser(
+        "convert-checkpoint", help="write an FSDP run's sharded checkpoint (a .dcp folder) as one .safetensors file"
+    )
+    convert.add_argument("--checkpoint", required=True, help="the sharded checkpoint, e.g. RUN/checkpoints/last.dcp")
+    convert.add_argument("--output", required=True, help="the checkpoint file to write (.safetensors; must not exist)")
+    convert.set_defaults(handler=_convert_checkpoint)
 
     bench = commands.add_parser(
         "bench", help="time a full pretraining step per method and size; --quality: the quality benchmark"

@@ -154,3 +154,14 @@ def test_the_picture_shows_confident_detections_or_else_the_best_few():
     weak = {**prediction, "scores": scores / 10}
     assert shown_detections(weak)["scores"].tolist() == pytest.approx([0.09, 0.06, 0.035])
     assert len(shown_detections({k: v[:0] for k, v in prediction.items()})["scores"]) == 0
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_activation_checkpointing_keeps_the_losses(task, demo, tmp_path, capsys):
+    """Dense training with each backbone block recomputed in the backward pass: the same losses; FSDP is refused."""
+    common = [*ARGS[task](demo), "train.iterations=2"]
+    assert main([*common, f"output={tmp_path / 'plain'}"]) == 0
+    assert main([*common, f"output={tmp_path / 'checkpointed'}", "train.activation_checkpointing=true"]) == 0
+    assert _losses(tmp_path / "checkpointed") == pytest.approx(_losses(tmp_path / "plain"), abs=1e-6)
+    fsdp = [*common, f"output={tmp_path / 'fsdp'}", "train.strategy=fsdp"]
+    assert "train.strategy=fsdp is for pretraining and fine-tuning" in _error(capsys, fsdp)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
 from mimkit.data import StepSampler
@@ -33,6 +31,7 @@ from mimkit.engine.optim import adamw, layer_decay_param_groups, step_optimizer
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.engine.step_timer import StepTimer
+from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.loading import load_encoder, resolved_encoder_config
 
@@ -79,6 +78,14 @@ class DenseTrainer:
             encoder, task_type.tag, model_section.window, model_section.global_blocks, model_section.feature_blocks
         )
         self.model = self.task.build_model(backbone).to(self.dist.device)
+        if train.strategy == "fsdp":
+            raise MimkitError(
+                "train.strategy=fsdp is for pretraining and fine-tuning; train detection and segmentation with "
+                "train.strategy=ddp (train.activation_checkpointing=true saves memory there)"
+            )
+        self.parallel = parallelize(
+            self.model, self.dist, train.strategy, train.precision, train.activation_checkpointing
+        )
 
         micro_batch = train.batch_size * self.dist.world_size
         global_batch = micro_batch * train.accum_steps
@@ -126,12 +133,8 @@ class DenseTrainer:
         self.position = TrainPosition()
         self.last_metrics: dict[str, Any] = {}
         if self.session.resuming:
-            checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.last_metrics = checkpoint.config.get("last_eval") or {}
-        self.ddp = None
-        if self.dist.world_size > 1:
-            device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.last_metrics = stored.get("last_eval") or {}
 
     def _autocast(self):
         bf16 = self.config.train.precision == "bf16"
@@ -141,10 +144,9 @@ class DenseTrainer:
         """Forward and backward of micro-batch ``micro`` of the current step (gradients synchronized across
         processes on the last one); returns its detached loss and loss parts."""
         accum = self.config.train.accum_steps
-        sync = self.ddp.no_sync() if self.ddp is not None and micro < accum - 1 else nullcontext()
-        with sync:
+        with self.parallel.gradient_sync(micro == accum - 1):
             with self._autocast():
-                loss, parts = self.task.loss(self.ddp or self.model, batch)
+                loss, parts = self.task.loss(self.parallel.module, batch)
             (loss / accum).backward()
         return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
 

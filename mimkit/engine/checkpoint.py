@@ -101,7 +101,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_python_state(state["python"]))
 
 
-def _check_rng(path: Path, state: dict[str, Any]) -> None:
+def check_rng(path: Path, state: dict[str, Any]) -> None:
     """Every RNG state must be one its generator accepts (tried on throwaway generators, not the global ones)."""
     try:
         torch.Generator().set_state(state["tensors"]["rng/torch"])
@@ -146,8 +146,7 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = optimizer.state_dict()
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     tensors = {}
     for index, values in state["state"].items():
         for key, value in values.items():
@@ -169,15 +168,29 @@ def save_checkpoint(
     Raises :class:`NonFiniteError` naming the first weight or optimizer tensor that holds NaN or infinity;
     nothing is written then, and a previous file at ``path`` stays as it was.
     """
+    optimizer_state = optimizer.state_dict() if optimizer is not None else None
+    return save_state_checkpoint(path, model.state_dict(), config, position, optimizer_state, with_rng)
+
+
+def save_state_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    position: TrainPosition | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    with_rng: bool = True,
+) -> Path:
+    """:func:`save_checkpoint` from state dicts: ``model_state`` as ``Module.state_dict`` and ``optimizer_state`` as
+    ``Optimizer.state_dict`` give them (parameters numbered in group order)."""
     path = Path(path)
-    tensors = {f"model/{k}": v.detach() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v.detach() for k, v in model_state.items()}
     metadata = {
         "format": FORMAT,
         "config": json.dumps(config),
         "position": json.dumps(asdict(position or TrainPosition())),
     }
-    if optimizer is not None:
-        opt_tensors, groups = _optimizer_tensors(optimizer)
+    if optimizer_state is not None:
+        opt_tensors, groups = _optimizer_tensors(optimizer_state)
         tensors.update(opt_tensors)
         metadata["optimizer_param_groups"] = json.dumps(groups)
     bad = first_non_finite(tensors)
@@ -232,7 +245,7 @@ def _optimizer_state(path: Path, tensors: dict[str, torch.Tensor]) -> dict[int, 
     return state
 
 
-def _read_json(path: Path, metadata: dict[str, str], key: str, kind: type) -> Any:
+def read_json(path: Path, metadata: dict[str, str], key: str, kind: type) -> Any:
     if key not in metadata:
         raise CheckpointError(f"{path} lacks the '{key}' metadata entry; is it a complete mimkit checkpoint?")
     try:
@@ -244,8 +257,8 @@ def _read_json(path: Path, metadata: dict[str, str], key: str, kind: type) -> An
     return value
 
 
-def _read_position(path: Path, metadata: dict[str, str]) -> TrainPosition:
-    record = _read_json(path, metadata, "position", dict)
+def read_position(path: Path, metadata: dict[str, str]) -> TrainPosition:
+    record = read_json(path, metadata, "position", dict)
     names = [f.name for f in fields(TrainPosition)]
     counts = all(type(record.get(name)) is int and record[name] >= 0 for name in names)
     if not counts or set(record) != set(names):
@@ -291,17 +304,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if "optimizer_param_groups" in metadata or sections["optimizer"]:
         optimizer = {
             "state": _optimizer_state(path, sections["optimizer"]),
-            "param_groups": _read_json(path, metadata, "optimizer_param_groups", list),
+            "param_groups": read_json(path, metadata, "optimizer_param_groups", list),
         }
     rng = None
     if "rng" in metadata or sections["rng"]:
         rng_tensors = {f"rng/{name}": tensor for name, tensor in sections["rng"].items()}
-        rng = {**_read_json(path, metadata, "rng", dict), "tensors": rng_tensors}
-        _check_rng(path, rng)
+        rng = {**read_json(path, metadata, "rng", dict), "tensors": rng_tensors}
+        check_rng(path, rng)
     return Checkpoint(
         model=sections["model"],
         optimizer=optimizer,
-        position=_read_position(path, metadata),
-        config=_read_json(path, metadata, "config", dict),
+        position=read_position(path, metadata),
+        config=read_json(path, metadata, "config", dict),
         rng=rng,
     )

@@ -83,7 +83,7 @@ def load_model_state(module: nn.Module, state: dict[str, torch.Tensor], source: 
     module.load_state_dict(state)
 
 
-def _group_problems(number: int, saved: dict[str, Any], group: dict[str, Any]) -> list[str]:
+def group_problems(number: int, saved: dict[str, Any], group: dict[str, Any]) -> list[str]:
     """Numeric settings must be sane; switches (fused, amsgrad, ...) must be the ones this optimizer was built with."""
     problems = []
     for key, (rule, sane) in HYPER_PARAMETERS.items():
@@ -134,7 +134,7 @@ def optimizer_state_problems(state: dict[str, Any], optimizer: torch.optim.Optim
             problems.append(f"parameter group {number} does not list {len(group['params'])} parameter indices")
             continue
         owners.update((i, (param, group)) for i, param in zip(ids, group["params"], strict=True))
-        problems += _group_problems(number, saved, group)
+        problems += group_problems(number, saved, group)
     if not problems and len(owners) != sum(len(group["params"]) for group in groups):
         problems.append("parameter groups list a parameter index twice")
     for index, values in state["state"].items():

@@ -86,6 +86,13 @@ class LoopFields(Settings):
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` autocast on GPUs; on CPUs without native bf16 it is very slow."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes share the model: ``ddp`` keeps a whole copy in each; ``fsdp`` (FSDP2) shards every
+    block's parameters, gradients and optimizer state over the processes (needs torchrun with 2+ processes) and
+    writes sharded checkpoints (``checkpoints/last.dcp``)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them: less memory, ~1/3 more
+    compute."""
     seed: NonNegativeInt = 0
     max_steps: Count | None = None
     """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""

@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
 from mimkit.data import (
@@ -39,6 +37,7 @@ from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.engine.step_timer import StepTimer
+from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
@@ -140,6 +139,9 @@ class Pretrainer:
         self.loader = batch_loader(dataset, train.batch_size, sampler, data.num_workers, self.dist.device)
 
         self.model = build_pretrain_model(config).to(self.dist.device)
+        self.parallel = parallelize(
+            self.model, self.dist, train.strategy, train.precision, train.activation_checkpointing
+        )
         self.lr = effective_lr(config.optim.base_lr, self.geometry.images_per_step)
         self.optimizer = build_optimizer(self.model, self.lr, config.optim.weight_decay, config.optim.betas)
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
@@ -147,14 +149,7 @@ class Pretrainer:
         self.position = TrainPosition()
         if self.session.resuming:
             _, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
-        self.ddp = (
-            DistributedDataParallel(
-                self.model, device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None
-            )
-            if self.dist.world_size > 1
-            else None
-        )
-        self.step_module = self.ddp or self.model
+        self.step_module = self.parallel.module
         if train.compile:
             self.step_module = torch.compile(self.step_module)
         self.viz_images, _ = load_readable(self.source, viz_transform, limit=train.visualize_images, seed=train.seed)
@@ -192,8 +187,8 @@ class Pretrainer:
         )
 
     def _write_reconstructions(self, name: str) -> Path | None:
-        if self.viz_images is None or not self.dist.is_main:
-            return None
+        if self.viz_images is None or not (self.dist.is_main or self.parallel.sharded):
+            return None  # a sharded model's forward is collective: every process runs it, the main one saves
         tiles = reconstruction_grid(
             self.model,
             self.viz_images.to(self.dist.device),
@@ -201,6 +196,8 @@ class Pretrainer:
             self.config.data.std,
             noise=self.viz_noise.to(self.dist.device),
         )
+        if not self.dist.is_main:
+            return None
         return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"{name}.png")
 
     def _accumulate(self, batch: dict, micro: int, noise: torch.Tensor) -> torch.Tensor:
@@ -212,7 +209,7 @@ class Pretrainer:
         images = batch["image"].to(self.dist.device, non_blocking=True)
         first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
         last_micro = micro == train.accum_steps - 1
-        sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else nullcontext()
+        sync = self.parallel.gradient_sync(last_micro)
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         with sync:
             with autocast:

@@ -32,6 +32,7 @@ HARMLESS_FIELDS = frozenset(
         "data.num_workers",
         "train.device",
         "train.compile",
+        "train.activation_checkpointing",
         "train.log_every",
         "train.checkpoint_every",
         "train.keep_checkpoints",
@@ -145,17 +146,19 @@ def resume_config(
 
 
 def resume_checkpoint(output: str | Path, resume: str | Path) -> Path:
-    """The checkpoint to resume: ``'auto'`` is the run's own ``last.safetensors`` (which must exist), anything
-    else a checkpoint path."""
+    """The checkpoint to resume: ``'auto'`` is the run's own ``last.safetensors`` or ``last.dcp`` (the later
+    written; one must exist), anything else a checkpoint path (a file, or a sharded checkpoint's folder)."""
     if resume == "auto":
-        path = RunFolder(output).last_checkpoint
-        if not path.is_file():
+        folder = RunFolder(output)
+        written = [p for p in (folder.last_checkpoint, folder.last_sharded) if p.exists()]
+        if not written:
             raise MimkitError(
-                f"--resume: {output} holds no checkpoint to resume ({path} not found); start without --resume"
+                f"--resume: {output} holds no checkpoint to resume ({folder.last_checkpoint} not found); start "
+                "without --resume"
             )
-        return path
+        return max(written, key=lambda p: p.stat().st_mtime_ns)
     path = Path(resume)
-    if not path.is_file():
+    if not path.exists():
         raise MimkitError(f"--resume-from: checkpoint not found: {path}")
     return path
 

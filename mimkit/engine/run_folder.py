@@ -28,11 +28,18 @@ LOG_NAME = "log.txt"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.safetensors"
+LAST_SHARDED = "last.dcp"
+"""An FSDP run's latest sharded checkpoint: a link to its ``step_NNNNNNNN.dcp`` folder."""
 RUN_ENTRIES = (CHECKPOINTS, METRICS_NAME, "tensorboard", "reconstructions", CONFIG_NAME, LOG_NAME)
 """What a run writes into its folder; ``overwrite`` removes exactly these (other files are left alone)."""
-TEMPORARY_PATTERNS = (f".{METRICS_NAME}.*.tmp", f".{CONFIG_NAME}.*.tmp", f"{CHECKPOINTS}/.*.safetensors.*.tmp")
-"""Temporary files of the run's atomic writes (``checkpoints/.last.safetensors.<random>.tmp``): stale once their
-writer is gone."""
+TEMPORARY_PATTERNS = (
+    f".{METRICS_NAME}.*.tmp",
+    f".{CONFIG_NAME}.*.tmp",
+    f"{CHECKPOINTS}/.*.safetensors.*.tmp",
+    f"{CHECKPOINTS}/.*.dcp*.tmp",
+)
+"""Temporary files of the run's atomic writes (``checkpoints/.last.safetensors.<random>.tmp``) and sharded
+checkpoint folders (``checkpoints/.step_NNNNNNNN.dcp.tmp``): stale once their writer is gone."""
 
 
 class RunFolder:
@@ -42,6 +49,7 @@ class RunFolder:
         self.path = Path(path)
         self.checkpoints = self.path / CHECKPOINTS
         self.last_checkpoint = self.checkpoints / LAST_CHECKPOINT
+        self.last_sharded = self.checkpoints / LAST_SHARDED
         self.config_path = self.path / CONFIG_NAME
         self.log_path = self.path / LOG_NAME
         self._lock_fd: int | None = None
@@ -123,7 +131,10 @@ class RunFolder:
                 target.unlink()
 
     def _remove_stale_temporaries(self) -> list[Path]:
-        stale = [path for pattern in TEMPORARY_PATTERNS for path in self.path.glob(pattern) if path.is_file()]
+        stale = [path for pattern in TEMPORARY_PATTERNS for path in self.path.glob(pattern)]
         for path in stale:
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         return stale

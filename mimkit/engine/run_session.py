@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from mimkit.config_schema import to_dict
-from mimkit.engine.checkpoint import Checkpoint, TrainPosition, load_checkpoint, restore_rng, save_checkpoint
+from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng, save_state_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state, load_optimizer_state
 from mimkit.engine.distributed import DistInfo, barrier
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.resume_config import RunGeometry, check_resume_changes, fit_position, resume_checkpoint
 from mimkit.engine.retention import keep_checkpoint
 from mimkit.engine.run_folder import RunFolder
+from mimkit.engine.sharded_checkpoint import is_sharded, load_sharded, read_sharded_record, save_sharded
+from mimkit.engine.strategy import full_state_dict, is_sharded_model
 from mimkit.errors import CheckpointError, MimkitError, NonFiniteError
 
 
@@ -60,29 +62,42 @@ class RunSession:
 
     def restore(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, geometry: RunGeometry
-    ) -> tuple[Checkpoint, TrainPosition]:
+    ) -> tuple[dict[str, Any], TrainPosition]:
         """Load the checkpoint to resume into ``model`` and ``optimizer`` and restore the RNG states, after checking
-        that its config and position fit this run; returns the checkpoint and the position to continue at."""
+        that its config and position fit this run; returns the checkpoint's config and the position to continue
+        at. A sharded checkpoint (``last.dcp``) resumes an FSDP run, a single file any other."""
         path = self.resume_path
-        checkpoint = load_checkpoint(path)
-        changes = check_resume_changes(type(self.config), checkpoint.config, self.config, self.allow_changes, path)
-        saved_name = checkpoint.config.get("model", {}).get("name")
+        sharded = is_sharded(path)
+        if sharded != is_sharded_model(model):
+            kind, strategy = ("a sharded", "fsdp") if sharded else ("a single-file", "ddp")
+            raise CheckpointError(
+                f"{path} is {kind} checkpoint, which resumes with train.strategy={strategy}; convert a sharded one "
+                "with `mimkit convert-checkpoint` and start a new run from its weights to switch"
+            )
+        checkpoint = None if sharded else load_checkpoint(path)
+        config, saved_position = read_sharded_record(path) if sharded else (checkpoint.config, checkpoint.position)
+        changes = check_resume_changes(type(self.config), config, self.config, self.allow_changes, path)
+        saved_name = config.get("model", {}).get("name")
         if saved_name != self.config.model.name:
             raise MimkitError(f"checkpoint {path} is for model '{saved_name}', not '{self.config.model.name}'")
-        if checkpoint.optimizer is None or checkpoint.rng is None:
+        if checkpoint is not None and (checkpoint.optimizer is None or checkpoint.rng is None):
             raise CheckpointError(
                 f"{path} holds no optimizer and RNG states (a best checkpoint, or one written by an older mimkit), so "
                 "it cannot continue a run; start a new run from its weights instead"
             )
-        position = fit_position(checkpoint.position, checkpoint.config.get("run"), geometry, self.allow_changes, path)
-        load_model_state(model, checkpoint.model, path)
-        load_optimizer_state(optimizer, checkpoint.optimizer, path)
-        restore_rng(checkpoint.rng)
+        position = fit_position(saved_position, config.get("run"), geometry, self.allow_changes, path)
+        if checkpoint is None:
+            rng = load_sharded(path, model, optimizer)
+        else:
+            load_model_state(model, checkpoint.model, path)
+            load_optimizer_state(optimizer, checkpoint.optimizer, path)
+            rng = checkpoint.rng
+        restore_rng(rng)
         self.notes.append(f"resuming {path} at step {position.step} (epoch {position.epoch})")
-        if position != checkpoint.position:
-            self.notes.append(f"the run's steps changed: step {checkpoint.position.step} is now step {position.step}")
+        if position != saved_position:
+            self.notes.append(f"the run's steps changed: step {saved_position.step} is now step {position.step}")
         self.notes += [f"changed on resume: {change}" for change in changes]
-        return checkpoint, position
+        return config, position
 
     def stop_at(self, total_steps: int) -> int:
         """The step this invocation stops at: the end of the schedule or ``train.max_steps``."""
@@ -149,22 +164,29 @@ class RunSession:
         keep: int = 0,
     ) -> Path:
         """Write checkpoint ``checkpoints/<name>.safetensors`` (main process) with the run geometry in its record
-        and, with ``optimizer``, everything a resume needs; keep the ``keep`` latest as periodic copies."""
+        and, with ``optimizer``, everything a resume needs; keep the ``keep`` latest as periodic copies. Every
+        process calls it. An FSDP-sharded ``model`` with ``optimizer`` is written as a sharded checkpoint
+        (``checkpoints/last.dcp``, by every process); without, gathered into the main process's single file."""
+        full_record = {**record, "run": asdict(geometry)}
+        sharded = is_sharded_model(model)
         path = self.folder.checkpoints / f"{name}.safetensors"
-        if self.dist.is_main:
-            full_record = {**record, "run": asdict(geometry)}
-            try:
-                save_checkpoint(path, model, full_record, position, optimizer, with_rng=optimizer is not None)
-            except NonFiniteError as err:
-                where = f"by step {position.step}: {err}; stopping. {self.last_good()}"
-                raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
-            keep_checkpoint(path, position.step, keep)
+        try:
+            if sharded and optimizer is not None:
+                return save_sharded(self.folder.checkpoints, model, optimizer, full_record, position, keep)
+            state = full_state_dict(model)
+            if self.dist.is_main:
+                optimizer_state = optimizer.state_dict() if optimizer is not None else None
+                save_state_checkpoint(path, state, full_record, position, optimizer_state, optimizer is not None)
+                keep_checkpoint(path, position.step, keep)
+        except NonFiniteError as err:
+            where = f"by step {position.step}: {err}; stopping. {self.last_good()}"
+            raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
         barrier()
         return path
 
     def last_good(self) -> str:
         """Where the run can be picked up: every checkpoint written is finite (``save_checkpoint`` refuses others)."""
-        last = self.folder.last_checkpoint
+        last = self.folder.last_sharded if self.config.train.strategy == "fsdp" else self.folder.last_checkpoint
         return f"The last good checkpoint is {last}" + ("" if last.exists() else " (none written yet)")
 
 

@@ -16,7 +16,6 @@ import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars
-from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.config_schema import to_dict
 from mimkit.data import AugmentedDataset, StepSampler, batch_loader
@@ -27,6 +26,7 @@ from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_deca
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.engine.step_timer import StepTimer
+from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.eval.classifier import Classifier
 from mimkit.eval.config import TransferConfig
@@ -92,6 +92,10 @@ class TransferTrainer:
         self.resolved_model = resolved_encoder_config(config.model.name, args, config.model.checkpoint)
         self.model = Classifier(encoder, self.num_classes, linear_probe=config.protocol == "linprobe")
         self.model.to(self.dist.device)
+        # a probe's frozen encoder has no gradients: DDP averages the head's
+        self.parallel = parallelize(
+            self.model, self.dist, train.strategy, train.precision, train.activation_checkpointing
+        )
 
         global_batch = train.batch_size * self.dist.world_size
         self.steps_per_epoch = len(self.train_source) // global_batch
@@ -112,6 +116,7 @@ class TransferTrainer:
         self.val_loader = batch_loader(
             val_dataset, train.eval_batch_size, val_indices, data.num_workers, self.dist.device
         )
+        self.val_batches_max = math.ceil(math.ceil(len(self.val_source) / self.dist.world_size) / train.eval_batch_size)
 
         augment = config.augment
         self.mixup = None
@@ -137,12 +142,8 @@ class TransferTrainer:
         self.position = TrainPosition()
         self.best_top1 = 0.0
         if self.session.resuming:
-            checkpoint, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.best_top1 = checkpoint.config.get("best_top1", 0.0)
-        self.ddp = None
-        if self.dist.world_size > 1:  # a probe's frozen encoder has no gradients: DDP averages the head's
-            device_ids = [self.dist.device] if self.dist.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.best_top1 = stored.get("best_top1", 0.0)
 
     def _train_step(self, batch: dict, step: int) -> float:
         train = self.config.train
@@ -154,7 +155,7 @@ class TransferTrainer:
             images = mixed.view_as(images)
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         with autocast:
-            loss = self.criterion((self.ddp or self.model)(images), targets)
+            loss = self.criterion(self.parallel.module(images), targets)
         loss_value = mean_across_processes(loss.detach().float()).item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; stopping without applying it")
@@ -168,13 +169,19 @@ class TransferTrainer:
         self.model.eval()
         counts = torch.zeros(3, device=self.dist.device)
         top = min(5, self.num_classes)
+        batches, images = 0, None
         for batch in self.val_loader:
-            logits = self.model(batch["image"].to(self.dist.device)).float()
+            images = batch["image"].to(self.dist.device)
+            batches += 1
+            logits = self.model(images).float()
             labels = batch["label"].to(self.dist.device)
             ranked = logits.topk(top, dim=1).indices
             counts[0] += (ranked[:, 0] == labels).sum()
             counts[1] += (ranked == labels[:, None]).any(dim=1).sum()
             counts[2] += len(labels)
+        if self.parallel.sharded:  # a sharded forward is collective: every process runs as many as the busiest
+            for _ in range(self.val_batches_max - batches):
+                self.model(images)
         counts = sum_across_processes(counts)
         return (100 * counts[0] / counts[2]).item(), (100 * counts[1] / counts[2]).item()
 
