@@ -147,14 +147,18 @@ class RunSession:
         geometry: RunGeometry,
         optimizer: torch.optim.Optimizer | None = None,
         keep: int = 0,
+        scaler: dict[str, Any] | None = None,
     ) -> Path:
         """Write checkpoint ``checkpoints/<name>.safetensors`` (main process) with the run geometry in its record
-        and, with ``optimizer``, everything a resume needs; keep the ``keep`` latest as periodic copies."""
+        and, with ``optimizer`` (and an fp16 run's ``scaler`` state), everything a resume needs; keep the ``keep``
+        latest as periodic copies."""
         path = self.folder.checkpoints / f"{name}.safetensors"
         if self.dist.is_main:
             full_record = {**record, "run": asdict(geometry)}
             try:
-                save_checkpoint(path, model, full_record, position, optimizer, with_rng=optimizer is not None)
+                save_checkpoint(
+                    path, model, full_record, position, optimizer, with_rng=optimizer is not None, scaler=scaler
+                )
             except NonFiniteError as err:
                 where = f"by step {position.step}: {err}; stopping. {self.last_good()}"
                 raise NonFiniteError(f"the weights or optimizer state became non-finite {where}") from err
