@@ -15,7 +15,7 @@ adds a gradient scaler.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -28,9 +28,10 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """The autocast context of the forward passes of a run on ``device`` in ``precision``."""
+    """The autocast context of the forward passes of a run on ``device`` in ``precision``; none for ``fp32`` (so
+    it also serves devices autocast does not know, such as ``meta``)."""
     dtype = AUTOCAST_DTYPES.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 class Precision:
