@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -12,12 +13,14 @@ import torch
 from mimkit.cli import main
 from mimkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from mimkit.engine.optim import adamw, build_scheduler, step_optimizer
+from mimkit.engine.precision import grad_scaler
 from mimkit.engine.pretrain import Pretrainer
 from mimkit.engine.run_folder import LOG_NAME
 from mimkit.errors import CheckpointError, NonFiniteLossError
 from mimkit.eval.config import load_transfer_config
 from mimkit.eval.transfer import TransferTrainer
 from tests.conftest import tiny_overrides
+from tests.test_distributed import _free_port, _run, _run_two_processes
 from tests.transfer_files import write_labelled_images
 
 FP16 = ("train.precision=fp16", "train.visualize_images=0")
@@ -162,3 +165,29 @@ def test_a_malformed_scaler_state_is_refused_on_load(tmp_path, state):
         load_checkpoint(path)
     with pytest.raises(ValueError):
         save_checkpoint(tmp_path / "inf.safetensors", torch.nn.Linear(2, 2), {}, scaler={"scale": math.inf})
+
+
+def test_two_fp16_processes_equal_one(tmp_path):
+    """Under torchrun every rank shares one overflow decision (the scaler all-reduces it) and one loss scale."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "mimkit.cli", "pretrain", *tiny_overrides(one, *FP16, "train.max_steps=3")])
+    _run_two_processes("pretrain", *tiny_overrides(two, *FP16, "train.max_steps=3", "train.batch_size=4"))
+    assert [r["loss_scale"] for r in _records(two)] == [INITIAL_SCALE] * 3
+    assert [r["loss"] for r in _records(two)] == pytest.approx([r["loss"] for r in _records(one)], abs=1e-3)
+
+
+def _step_with_overflow_on_rank_0(rank: int, port: int, folder) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        scaler = grad_scaler(torch.device("cpu"))
+        _, _, applied = _tiny_step(scaler, overflow=rank == 0)
+        (folder / f"{rank}.json").write_text(json.dumps([applied, scaler.get_scale()]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_when_one_process_overflows_every_process_skips_the_step(tmp_path):
+    """With sharded gradients (FSDP) only one rank may see the overflow; all must skip, or the replicas drift."""
+    torch.multiprocessing.spawn(_step_with_overflow_on_rank_0, args=(_free_port(), tmp_path), nprocs=2)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert results == [[False, INITIAL_SCALE / 2]] * 2

@@ -34,6 +34,25 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+class ProcessGroupGradScaler(torch.amp.GradScaler):
+    """A GradScaler for runs of several processes: after unscaling, the overflow flag is all-reduced (max), so every
+    rank skips the same steps and keeps the same scale. Needed where each rank holds a shard of the gradients
+    (FSDP), harmless with DDP, whose gradients are already averaged. torch's ``ShardedGradScaler`` does the same,
+    but its flag's shape breaks fused AdamW's skip (torch 2.14: "output with shape [] doesn't match the broadcast
+    shape [1]")."""
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        super().unscale_(optimizer)
+        for found_inf in self._found_inf_per_device(optimizer).values():
+            torch.distributed.all_reduce(found_inf, op=torch.distributed.ReduceOp.MAX)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """fp16's loss scaler, one overflow decision for all processes where there are several."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (ProcessGroupGradScaler if distributed else torch.amp.GradScaler)(device.type)
+
+
 class Precision:
     """A run's precision: its autocast, its backward and optimizer step (through the fp16 scaler where there is one)
     and the scaler's state for the checkpoint."""
@@ -41,7 +60,7 @@ class Precision:
     def __init__(self, name: str, device: torch.device) -> None:
         self.name = name
         self.device = device
-        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        self.scaler = grad_scaler(device) if name == "fp16" else None
         self.skipped_steps = 0
         """Optimizer steps the scaler skipped for overflowing gradients, over the whole run (resumes included)."""
         self.last_skipped = False
