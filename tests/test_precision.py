@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mimkit.cli import main
+from mimkit.dense.demo_set import write_dense_demo
 from mimkit.engine.checkpoint import load_checkpoint, save_checkpoint
 from mimkit.engine.optim import adamw, build_scheduler, step_optimizer
 from mimkit.engine.precision import grad_scaler
@@ -19,7 +20,8 @@ from mimkit.engine.run_folder import LOG_NAME
 from mimkit.errors import CheckpointError, NonFiniteLossError
 from mimkit.eval.config import load_transfer_config
 from mimkit.eval.transfer import TransferTrainer
-from tests.conftest import tiny_overrides
+from tests.conftest import needs_fashion_mnist, tiny_overrides
+from tests.test_dense_cli import segment_args
 from tests.test_distributed import _free_port, _run, _run_two_processes
 from tests.transfer_files import write_labelled_images
 
@@ -191,3 +193,24 @@ def test_when_one_process_overflows_every_process_skips_the_step(tmp_path):
     torch.multiprocessing.spawn(_step_with_overflow_on_rank_0, args=(_free_port(), tmp_path), nprocs=2)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     assert results == [[False, INITIAL_SCALE / 2]] * 2
+
+
+@needs_fashion_mnist
+def test_an_fp16_segmentation_run_resumes_exactly_with_its_scale(tmp_path):
+    """The tiny UperNet's fp16 gradients overflow at step 2 on their own: skipped, and the lowered scale is carried
+    across the resume that follows."""
+    demo = write_dense_demo(tmp_path / "demo", train_images=8, val_images=4, canvas=64)
+    common = [*segment_args(demo), "train.iterations=4", "train.precision=fp16", "train.checkpoint_every=1"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main([*common, f"output={whole}"]) == 0
+    assert main([*common, f"output={parts}", "train.max_steps=2"]) == 0
+    assert main([*common, f"output={parts}", "--resume"]) == 0
+    trained = [r for r in _records(parts) if "loss" in r]
+    assert trained == [
+        {**r, "images_per_s": s["images_per_s"]}
+        for r, s in zip([r for r in _records(whole) if "loss" in r], trained, strict=True)
+    ]
+    scales = [r["loss_scale"] for r in trained]
+    assert scales[1] < INITIAL_SCALE and scales[2:] == [scales[1]] * 2  # fp16 overflowed before the split
+    last = "checkpoints/last.safetensors"
+    assert _equal(load_checkpoint(whole / last).model, load_checkpoint(parts / last).model)
