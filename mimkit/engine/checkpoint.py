@@ -3,9 +3,8 @@
 Tensors: ``model/<name>`` (weights), ``optimizer/<param index>/<field>`` (AdamW moments and step counts)
 and ``rng/...`` (torch generator states). Everything else — the config, the train position, optimizer
 hyper-parameters, Python and NumPy RNG states, an fp16 run's gradient-scaler state — is JSON in the safetensors
-metadata. Loading therefore
-never executes code. Writing is atomic (:func:`mimkit.engine.atomic_files.atomic_write`): a crash mid-write
-leaves the previous checkpoint untouched.
+metadata. Loading therefore never executes code. Writing is atomic (:func:`mimkit.engine.atomic_files.atomic_write`):
+a crash mid-write leaves the previous checkpoint untouched.
 
 Nothing untrustworthy is written or loaded:
 
