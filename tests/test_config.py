@@ -28,7 +28,7 @@ def test_defaults_and_overrides():
             "data.source=imagenet",
             "config field 'data.source': expected one of 'samples', 'folder', 'fashion_mnist'",
         ),
-        ("train.precision=fp16", "config field 'train.precision': expected one of 'fp32', 'bf16'"),
+        ("train.precision=fp8", "config field 'train.precision': expected one of 'fp32', 'bf16', 'fp16'"),
         ("optim.betas=[0.9]", r"config field 'optim.betas': expected a list of 2"),
         ("data.crop_scale=[0.9, 0.2]", "config section 'data': crop_scale must satisfy"),
         ("train.epochs=0", "config field 'train.epochs': must be at least 1, got 0"),

@@ -1,5 +1,5 @@
 """The training loop of ``mimkit detect`` and ``mimkit segment``: the engine's run rules (output folder, lock,
-exact resume, atomic checkpoints, progress, TensorBoard, DDP under torchrun, bf16 autocast) around a
+exact resume, atomic checkpoints, progress, TensorBoard, DDP under torchrun, bf16/fp16 autocast) around a
 :class:`~mimkit.dense.task.DenseTask`, which says what the model, data, loss and evaluation are.
 
 Every ``train.eval_every`` steps and at the end the task evaluates the validation set; the numbers go to
@@ -27,7 +27,8 @@ from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.distributed import init_distributed, mean_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import adamw, layer_decay_param_groups, step_optimizer
+from mimkit.engine.optim import adamw, layer_decay_param_groups
+from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.engine.step_timer import StepTimer
@@ -132,22 +133,20 @@ class DenseTrainer:
         self.geometry = RunGeometry(global_batch, self.steps_per_epoch)
         self.position = TrainPosition()
         self.last_metrics: dict[str, Any] = {}
+        self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            stored, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.precision.load_state(scaler)
             self.last_metrics = stored.get("last_eval") or {}
-
-    def _autocast(self):
-        bf16 = self.config.train.precision == "bf16"
-        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def _accumulate(self, batch: Any, micro: int) -> dict[str, torch.Tensor]:
         """Forward and backward of micro-batch ``micro`` of the current step (gradients synchronized across
         processes on the last one); returns its detached loss and loss parts."""
         accum = self.config.train.accum_steps
         with self.parallel.gradient_sync(micro == accum - 1):
-            with self._autocast():
+            with self.precision.autocast():
                 loss, parts = self.task.loss(self.parallel.module, batch)
-            (loss / accum).backward()
+            self.precision.backward(loss / accum)
         return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
 
     def _apply_update(self, sums: dict[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -160,7 +159,7 @@ class DenseTrainer:
             raise NonFiniteLossError(
                 f"loss is {losses['loss']} at step {step + 1}; stopping without applying it. {self.session.last_good()}"
             )
-        step_optimizer(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
+        self.precision.step(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
         return losses
 
     def evaluate(self) -> tuple[dict[str, Any], Path | None]:
@@ -170,7 +169,7 @@ class DenseTrainer:
         images = self.config.train.visualize_images
         if images and self.dist.is_main:
             picture = self.output / "pictures" / f"step_{self.position.step:08d}.png"
-        with self._autocast():
+        with self.precision.autocast():
             metrics = self.task.evaluate(self.model, picture, images)
         self.model.train()
         return metrics, picture
@@ -203,6 +202,7 @@ class DenseTrainer:
             self.geometry,
             self.optimizer,
             keep=self.config.train.keep_checkpoints,
+            scaler=self.precision.state(),
         )
 
     def _validate(self, epoch: int, summary: DenseSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
@@ -252,8 +252,10 @@ class DenseTrainer:
                     window_start = now
                     timing = timer.step_done(progress.log_point(self.position.step))
                     record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr, "images_per_s": speed}
-                    metrics.write({**record, **timing})
+                    metrics.write({**record, **timing, **self.precision.record()})
                     progress.update(self.position.step, epoch, losses["loss"], lr, speed, timing)
+                    if note := self.precision.overflow_note(self.position.step):
+                        progress.message(note)
                     step = self.position.step
                     evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
                     if evaluating:

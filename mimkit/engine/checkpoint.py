@@ -2,9 +2,9 @@
 
 Tensors: ``model/<name>`` (weights), ``optimizer/<param index>/<field>`` (AdamW moments and step counts)
 and ``rng/...`` (torch generator states). Everything else — the config, the train position, optimizer
-hyper-parameters, Python and NumPy RNG states — is JSON in the safetensors metadata. Loading therefore
-never executes code. Writing is atomic (:func:`mimkit.engine.atomic_files.atomic_write`): a crash mid-write
-leaves the previous checkpoint untouched.
+hyper-parameters, Python and NumPy RNG states, an fp16 run's gradient-scaler state — is JSON in the safetensors
+metadata. Loading therefore never executes code. Writing is atomic (:func:`mimkit.engine.atomic_files.atomic_write`):
+a crash mid-write leaves the previous checkpoint untouched.
 
 Nothing untrustworthy is written or loaded:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -43,6 +44,9 @@ CHECKSUM_PREFIX = "sha256:"
 SECTIONS = ("model", "optimizer", "rng")
 """Every tensor name is ``<section>/<rest>``."""
 RESTORE_ADVICE = "restore it from a copy or start over"
+SCALER_KEY = "grad_scaler"
+SCALER_FIELDS = ("scale", "growth_tracker", "skipped_steps")
+"""An fp16 run's gradient-scaler state: the loss scale, steps since it last changed, steps skipped in all."""
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Checkpoint:
     position: TrainPosition
     config: dict[str, Any]
     rng: dict[str, Any] | None
+    scaler: dict[str, Any] | None = None
+    """An fp16 run's gradient-scaler state (:class:`~mimkit.engine.precision.Precision`), checked on load."""
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -162,14 +168,16 @@ def save_checkpoint(
     position: TrainPosition | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     with_rng: bool = True,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically; returns its path.
 
     Raises :class:`NonFiniteError` naming the first weight or optimizer tensor that holds NaN or infinity;
-    nothing is written then, and a previous file at ``path`` stays as it was.
+    nothing is written then, and a previous file at ``path`` stays as it was. ``scaler``: an fp16 run's
+    gradient-scaler state (see :data:`SCALER_FIELDS`).
     """
     optimizer_state = optimizer.state_dict() if optimizer is not None else None
-    return save_state_checkpoint(path, model.state_dict(), config, position, optimizer_state, with_rng)
+    return save_state_checkpoint(path, model.state_dict(), config, position, optimizer_state, with_rng, scaler)
 
 
 def save_state_checkpoint(
@@ -179,6 +187,7 @@ def save_state_checkpoint(
     position: TrainPosition | None = None,
     optimizer_state: dict[str, Any] | None = None,
     with_rng: bool = True,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
     """:func:`save_checkpoint` from state dicts: ``model_state`` as ``Module.state_dict`` and ``optimizer_state`` as
     ``Optimizer.state_dict`` give them (parameters numbered in group order)."""
@@ -193,6 +202,8 @@ def save_state_checkpoint(
         opt_tensors, groups = _optimizer_tensors(optimizer_state)
         tensors.update(opt_tensors)
         metadata["optimizer_param_groups"] = json.dumps(groups)
+    if scaler is not None:
+        metadata[SCALER_KEY] = json.dumps(scaler, allow_nan=False)
     bad = first_non_finite(tensors)
     if bad is not None:
         raise NonFiniteError(f"refusing to write checkpoint {path}: tensor '{bad}' holds NaN or infinite values")
@@ -276,11 +287,27 @@ def read_position(path: Path, metadata: dict[str, str]) -> TrainPosition:
     return position
 
 
+def read_scaler(path: Path, metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The gradient-scaler state, if the checkpoint has one: a finite positive scale and whole counts."""
+    if SCALER_KEY not in metadata:
+        return None
+    state = read_json(path, metadata, SCALER_KEY, dict)
+    counts = all(type(state.get(name)) is int and state[name] >= 0 for name in ("growth_tracker", "skipped_steps"))
+    scale = state.get("scale")
+    if set(state) != set(SCALER_FIELDS) or not counts or type(scale) is not float or not 0 < scale < math.inf:
+        raise CheckpointError(
+            f"{path} records a malformed gradient-scaler state {json.dumps(state):.120}: expected a finite positive "
+            f"float scale and non-negative integers growth_tracker, skipped_steps; {RESTORE_ADVICE}"
+        )
+    return state
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a mimkit checkpoint (safetensors + JSON metadata; no code is executed).
 
     Raises :class:`CheckpointError` for an unreadable file, a checksum mismatch, an unknown tensor name, a NaN or
-    infinite weight or optimizer value, malformed metadata, an impossible train position or RNG state.
+    infinite weight or optimizer value, malformed metadata, an impossible train position, RNG or gradient-scaler
+    state.
     """
     path = Path(path)
     if not path.is_file():
@@ -317,4 +344,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         position=read_position(path, metadata),
         config=read_json(path, metadata, "config", dict),
         rng=rng,
+        scaler=read_scaler(path, metadata),
     )

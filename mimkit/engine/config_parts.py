@@ -83,8 +83,9 @@ class LoopFields(Settings):
     epochs: Count = 16
     batch_size: Count = 32
     """Images per process per step."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """``bf16`` autocast on GPUs; on CPUs without native bf16 it is very slow."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """``bf16`` autocast on GPUs (on CPUs without native bf16 it is very slow); ``fp16`` autocast with a gradient
+    scaler, for GPUs without bf16 (V100): see :mod:`mimkit.engine.precision`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """How several processes share the model: ``ddp`` keeps a whole copy in each; ``fsdp`` (FSDP2) shards every

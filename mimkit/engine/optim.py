@@ -52,15 +52,35 @@ def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay:
 
 
 def step_optimizer(
-    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, clip_grad: float | None
-) -> None:
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    clip_grad: float | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> bool:
     """Apply the accumulated gradients as optimizer step ``step`` (0-based): set its learning rate, clip the global
-    gradient norm to ``clip_grad`` (None: no clipping), step, and clear the gradients."""
+    gradient norm to ``clip_grad`` (None: no clipping), step, and clear the gradients; returns whether the update
+    was applied.
+
+    With an fp16 ``scaler`` the gradients are unscaled before clipping, and the scaler steps: where they overflowed
+    (inf/NaN) it skips the update, leaving weights and optimizer state as they were, and lowers its scale (returns
+    False). The schedule advances either way (see :mod:`mimkit.engine.precision`)."""
     scheduler.step_update(step)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    optimizer.step()
+    applied = True
+    if scaler is None:
+        optimizer.step()
+    else:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        applied = scaler.get_scale() >= scale  # update() lowers the scale exactly when the step was skipped
     optimizer.zero_grad(set_to_none=True)
+    return applied
 
 
 def build_scheduler(

@@ -32,7 +32,8 @@ from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_processes, sum_across_processes
-from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr, step_optimizer
+from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
+from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
@@ -147,8 +148,10 @@ class Pretrainer:
         warmup = round(config.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, config.optim.min_lr)
         self.position = TrainPosition()
+        self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            _, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            _, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.precision.load_state(scaler)
         self.step_module = self.parallel.module
         if train.compile:
             self.step_module = torch.compile(self.step_module)
@@ -184,6 +187,7 @@ class Pretrainer:
             self.geometry,
             self.optimizer,
             keep=self.config.train.keep_checkpoints,
+            scaler=self.precision.state(),
         )
 
     def _write_reconstructions(self, name: str) -> Path | None:
@@ -210,17 +214,17 @@ class Pretrainer:
         first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
         last_micro = micro == train.accum_steps - 1
         sync = self.parallel.gradient_sync(last_micro)
-        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
         with sync:
-            with autocast:
+            with self.precision.autocast():
                 loss = self.step_module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))[
                     "loss"
                 ]
-            (loss / train.accum_steps).backward()
+            self.precision.backward(loss / train.accum_steps)
         return loss.detach().float()
 
     def _apply_update(self, loss_sum: torch.Tensor) -> float:
-        """Check the step's loss (averaged over micro-batches and processes), then step the optimizer."""
+        """Check the step's loss (averaged over micro-batches and processes), then step the optimizer (under fp16 the
+        scaler may skip the update for overflowing gradients: counted, not fatal)."""
         loss_value = mean_across_processes(loss_sum / self.config.train.accum_steps).item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
@@ -228,7 +232,7 @@ class Pretrainer:
                 f"loss is {loss_value} at step {self.position.step + 1} (epoch {self.position.epoch}); "
                 f"stopping without applying this update. {self.session.last_good()}"
             )
-        step_optimizer(self.model, self.optimizer, self.scheduler, self.position.step, self.config.optim.clip_grad)
+        self.precision.step(self.model, self.optimizer, self.scheduler, self.position.step, self.config.optim.clip_grad)
         return loss_value
 
     def run(self) -> RunSummary:
@@ -279,9 +283,12 @@ class Pretrainer:
                             "lr": lr,
                             "images_per_s": speed,
                             **timing,
+                            **self.precision.record(),
                         }
                     )
                     progress.update(self.position.step, epoch, loss, lr, speed, timing)
+                    if note := self.precision.overflow_note(self.position.step):
+                        progress.message(note)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:

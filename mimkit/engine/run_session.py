@@ -62,10 +62,11 @@ class RunSession:
 
     def restore(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, geometry: RunGeometry
-    ) -> tuple[dict[str, Any], TrainPosition]:
+    ) -> tuple[dict[str, Any], TrainPosition, dict[str, Any] | None]:
         """Load the checkpoint to resume into ``model`` and ``optimizer`` and restore the RNG states, after checking
-        that its config and position fit this run; returns the checkpoint's config and the position to continue
-        at. A sharded checkpoint (``last.dcp``) resumes an FSDP run, a single file any other."""
+        that its config and position fit this run; returns the checkpoint's config, the position to continue at and
+        an fp16 run's gradient-scaler state (None without one). A sharded checkpoint (``last.dcp``) resumes an FSDP
+        run, a single file any other."""
         path = self.resume_path
         sharded = is_sharded(path)
         if sharded != is_sharded_model(model):
@@ -75,7 +76,10 @@ class RunSession:
                 "with `mimkit convert-checkpoint` and start a new run from its weights to switch"
             )
         checkpoint = None if sharded else load_checkpoint(path)
-        config, saved_position = read_sharded_record(path) if sharded else (checkpoint.config, checkpoint.position)
+        if sharded:
+            config, saved_position, scaler = read_sharded_record(path)
+        else:
+            config, saved_position, scaler = checkpoint.config, checkpoint.position, checkpoint.scaler
         changes = check_resume_changes(type(self.config), config, self.config, self.allow_changes, path)
         saved_name = config.get("model", {}).get("name")
         if saved_name != self.config.model.name:
@@ -97,7 +101,7 @@ class RunSession:
         if position != saved_position:
             self.notes.append(f"the run's steps changed: step {saved_position.step} is now step {position.step}")
         self.notes += [f"changed on resume: {change}" for change in changes]
-        return config, position
+        return config, position, scaler
 
     def stop_at(self, total_steps: int) -> int:
         """The step this invocation stops at: the end of the schedule or ``train.max_steps``."""
@@ -162,9 +166,11 @@ class RunSession:
         geometry: RunGeometry,
         optimizer: torch.optim.Optimizer | None = None,
         keep: int = 0,
+        scaler: dict[str, Any] | None = None,
     ) -> Path:
         """Write checkpoint ``checkpoints/<name>.safetensors`` (main process) with the run geometry in its record
-        and, with ``optimizer``, everything a resume needs; keep the ``keep`` latest as periodic copies. Every
+        and, with ``optimizer`` (and an fp16 run's ``scaler`` state), everything a resume needs; keep the ``keep``
+        latest as periodic copies. Every
         process calls it. An FSDP-sharded ``model`` with ``optimizer`` is written as a sharded checkpoint
         (``checkpoints/last.dcp``, by every process); without, gathered into the main process's single file."""
         full_record = {**record, "run": asdict(geometry)}
@@ -172,11 +178,13 @@ class RunSession:
         path = self.folder.checkpoints / f"{name}.safetensors"
         try:
             if sharded and optimizer is not None:
-                return save_sharded(self.folder.checkpoints, model, optimizer, full_record, position, keep)
+                return save_sharded(self.folder.checkpoints, model, optimizer, full_record, position, keep, scaler)
             state = full_state_dict(model)
             if self.dist.is_main:
                 optimizer_state = optimizer.state_dict() if optimizer is not None else None
-                save_state_checkpoint(path, state, full_record, position, optimizer_state, optimizer is not None)
+                save_state_checkpoint(
+                    path, state, full_record, position, optimizer_state, optimizer is not None, scaler
+                )
                 keep_checkpoint(path, position.step, keep)
         except NonFiniteError as err:
             where = f"by step {position.step}: {err}; stopping. {self.last_good()}"

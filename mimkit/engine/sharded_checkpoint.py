@@ -44,12 +44,14 @@ from torch.distributed.tensor import DTensor
 from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint import (
     RESTORE_ADVICE,
+    SCALER_KEY,
     TrainPosition,
     capture_rng,
     check_rng,
     first_non_finite,
     read_json,
     read_position,
+    read_scaler,
     save_state_checkpoint,
 )
 from mimkit.engine.checkpoint_checks import group_problems
@@ -182,10 +184,11 @@ def save_sharded(
     config: dict[str, Any],
     position: TrainPosition,
     keep: int,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
-    """Every process: write the FSDP-sharded ``model`` and ``optimizer`` (with ``config``, ``position`` and each
-    process's RNG states) as ``checkpoints/step_<step>.dcp`` and point ``checkpoints/last.dcp`` at it; returns the
-    link. Raises :class:`NonFiniteError` (nothing written) where any process holds NaN or infinity."""
+    """Every process: write the FSDP-sharded ``model`` and ``optimizer`` (with ``config``, ``position``, an fp16
+    run's ``scaler`` state and each process's RNG states) as ``checkpoints/step_<step>.dcp`` and point
+    ``checkpoints/last.dcp`` at it; returns the link. Raises :class:`NonFiniteError` (nothing written) where any process holds NaN or infinity."""
     model_state, optim_state = get_state_dict(model, optimizer)
     tensors = {"model": model_state, "optimizer": optim_state["state"]}
     device = next(model.parameters()).device
@@ -207,6 +210,8 @@ def save_sharded(
             "position": json.dumps(asdict(position)),
             "optimizer_param_groups": json.dumps(optim_state["param_groups"]),
         }
+        if scaler is not None:
+            metadata[SCALER_KEY] = json.dumps(scaler, allow_nan=False)
         atomic_write(temporary / SHARDED_METADATA, json.dumps(metadata).encode())
     barrier()
     if main:
@@ -215,10 +220,11 @@ def save_sharded(
     return checkpoints / LAST_SHARDED
 
 
-def read_sharded_record(path: Path) -> tuple[dict[str, Any], TrainPosition]:
-    """The config and train position a sharded checkpoint records (checked; no tensor is read)."""
+def read_sharded_record(path: Path) -> tuple[dict[str, Any], TrainPosition, dict[str, Any] | None]:
+    """The config, train position and gradient-scaler state (None without) a sharded checkpoint records (checked;
+    no tensor is read)."""
     metadata = sharded_metadata(path)
-    return read_json(path, metadata, "config", dict), read_position(path, metadata)
+    return read_json(path, metadata, "config", dict), read_position(path, metadata), read_scaler(path, metadata)
 
 
 def _check_groups(path: Path, saved: list, groups: list[dict[str, Any]]) -> None:
@@ -299,7 +305,7 @@ def convert_sharded(path: Path, output: Path) -> Path:
         raise MimkitError(f"{output} already exists; name a new file (or delete it first to replace it)")
     if not is_sharded(path):
         raise MimkitError(f"{path} is not a sharded checkpoint folder (an FSDP run's checkpoints/last.dcp)")
-    config, position = read_sharded_record(path)
+    config, position, _ = read_sharded_record(path)
     groups = read_json(path, sharded_metadata(path), "optimizer_param_groups", list)
     if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
         raise CheckpointError(f"{path} has malformed optimizer parameter groups; {RESTORE_ADVICE}")

@@ -22,7 +22,8 @@ from mimkit.data import AugmentedDataset, StepSampler, batch_loader
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.distributed import init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
-from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_decay_param_groups, step_optimizer
+from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_decay_param_groups
+from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
 from mimkit.engine.step_timer import StepTimer
@@ -141,26 +142,26 @@ class TransferTrainer:
         self.geometry = RunGeometry(global_batch, self.steps_per_epoch)
         self.position = TrainPosition()
         self.best_top1 = 0.0
+        self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry)
+            stored, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
+            self.precision.load_state(scaler)
             self.best_top1 = stored.get("best_top1", 0.0)
 
     def _train_step(self, batch: dict, step: int) -> float:
-        train = self.config.train
         images = batch["image"].to(self.dist.device, non_blocking=True)
         targets = batch["label"].to(self.dist.device, non_blocking=True)
         if self.mixup is not None:
             # Clips (B, C, T, H, W) are mixed as (B, C*T, H, W) images: one CutMix box for all frames.
             mixed, targets = self.mixup(images.flatten(1, -3), targets)
             images = mixed.view_as(images)
-        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
-        with autocast:
+        with self.precision.autocast():
             loss = self.criterion(self.parallel.module(images), targets)
         loss_value = mean_across_processes(loss.detach().float()).item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"loss is {loss_value} at step {step + 1}; stopping without applying it")
-        loss.backward()
-        step_optimizer(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
+        self.precision.backward(loss)
+        self.precision.step(self.model, self.optimizer, self.scheduler, step, self.config.optim.clip_grad)
         return loss_value
 
     @torch.no_grad()
@@ -215,6 +216,7 @@ class TransferTrainer:
             self.geometry,
             self.optimizer if last else None,
             keep=self.config.train.keep_checkpoints if last else 0,
+            scaler=self.precision.state() if last else None,
         )
 
     def _validate(self, epoch: int, summary: TransferSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
@@ -258,8 +260,11 @@ class TransferTrainer:
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
                     timing = timer.step_done(progress.log_point(self.position.step))
-                    metrics.write({"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, **timing})
+                    record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, **timing}
+                    metrics.write({**record, **self.precision.record()})
                     progress.update(self.position.step, epoch, loss, lr, speed, timing)
+                    if note := self.precision.overflow_note(self.position.step):
+                        progress.message(note)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:

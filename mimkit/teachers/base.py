@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.engine.precision import autocast
+
 
 @dataclass(frozen=True)
 class TeacherOutput:
@@ -76,7 +78,7 @@ class FrozenTeacher(nn.Module):
         loss targets and gather indices outside inference mode)."""
         with torch.inference_mode():
             inputs = self.prepare(images, student_mean.view(1, -1, 1, 1), student_std.view(1, -1, 1, 1))
-            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with autocast(inputs.device, "bf16" if self.bf16 else "fp32"):
                 feature_map, attention = self.extract(inputs)
             features = resample_to_grid(feature_map.float(), grid).flatten(2).transpose(1, 2)
             if attention is not None:
