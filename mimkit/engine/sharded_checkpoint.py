@@ -188,7 +188,8 @@ def save_sharded(
 ) -> Path:
     """Every process: write the FSDP-sharded ``model`` and ``optimizer`` (with ``config``, ``position``, an fp16
     run's ``scaler`` state and each process's RNG states) as ``checkpoints/step_<step>.dcp`` and point
-    ``checkpoints/last.dcp`` at it; returns the link. Raises :class:`NonFiniteError` (nothing written) where any process holds NaN or infinity."""
+    ``checkpoints/last.dcp`` at it; returns the link. Raises :class:`NonFiniteError` (nothing written) where any
+    process holds NaN or infinity."""
     model_state, optim_state = get_state_dict(model, optimizer)
     tensors = {"model": model_state, "optimizer": optim_state["state"]}
     device = next(model.parameters()).device
