@@ -451,11 +451,22 @@ def _os_error_line(err: OSError) -> str:
     return f"{where}{reason}; {fix}"
 
 
+def _leave_process_group() -> None:
+    """A command run under torchrun leaves its process group with the other processes (nothing to do, and torch
+    not imported, for the commands that never joined one)."""
+    if "torch.distributed" in sys.modules:
+        from mimkit.engine.distributed import leave_together
+
+        leave_together()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
     keep_freed_memory()
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        _leave_process_group()
+        return code
     except MimkitError as err:
         message = str(err)
         if "Original Traceback" in message:  # raised in a DataLoader worker: keep the worker's own error line

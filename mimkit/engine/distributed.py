@@ -70,3 +70,12 @@ def shutdown() -> None:
     """Leave the process group (registered to run at exit by :func:`init_distributed`)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave_together() -> None:
+    """After a command succeeded: wait for every process, then leave the group. A process that tears its group down
+    while another still uses it can abort at exit (FSDP runs on gloo did, about one run in three). Not on errors: a
+    process that failed alone must exit at once, so that torchrun stops the others."""
+    if dist.is_initialized():
+        dist.barrier()
+        shutdown()
