@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mimkit.engine.precision import autocast as precision_autocast
 from mimkit.errors import MimkitError
 from mimkit.runtime import keep_freed_memory
 
@@ -176,7 +177,7 @@ def measure(
     images = torch.randn(batch, model.in_chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
     images = images.to(dev)
     noise = model.sample_noise(batch, (image_size, image_size), torch.Generator().manual_seed(1)).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = precision_autocast(dev, precision)
 
     def step(module: torch.nn.Module = model) -> None:
         with autocast:

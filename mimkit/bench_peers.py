@@ -13,6 +13,7 @@ over the implementation's (above 1: mimkit is faster).
 from __future__ import annotations
 
 import statistics
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mimkit.bench import DEFAULT_BATCH, SIZES, StepTiming, peak_matmul_gflops, seconds_of, step_timing_fields
 from mimkit.engine.optim import build_optimizer
+from mimkit.engine.precision import autocast as precision_autocast
 from mimkit.errors import MimkitError
 from mimkit.peers import (
     IMPLEMENTATIONS,
@@ -50,7 +52,9 @@ class PeerResult(StepTiming):
     compiled: bool = False
 
 
-def _step(module: nn.Module, optimizer: torch.optim.Optimizer, autocast: torch.autocast, *inputs: torch.Tensor) -> None:
+def _step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, autocast: AbstractContextManager, *inputs: torch.Tensor
+) -> None:
     with autocast:
         loss = module(*inputs)
     loss.backward()
@@ -98,7 +102,7 @@ def run_peers(
     grid = (image_size, image_size)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch, config.in_chans, image_size, image_size, generator=generator).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = precision_autocast(dev, precision)
 
     def noise() -> torch.Tensor:
         return reference.sample_noise(batch, grid, generator).to(dev)
