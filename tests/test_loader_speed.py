@@ -169,6 +169,25 @@ def test_folder_dataset_reads_files_with_the_seeded_fast_path(tmp_path):
     assert (_gray_levels(first) - _gray_levels(in_memory)).abs().mean() < 1.5
 
 
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_uint8_items_normalized_in_the_training_process_are_the_float_items(tmp_path, in_chans):
+    """What ``mimkit pretrain`` does (uint8 crops from the workers, the batch normalized on its device) gives the
+    float items of the plain transform, bit for bit, for image batches and for clip batches (channels at dim 1)."""
+    for index in range(3):
+        _photo_jpeg(tmp_path / f"{index}.jpg", (640, 480), photo=index)
+    mean, std = MEAN[:in_chans], STD[:in_chans]
+    plain = AugmentedDataset(ImageFolder(tmp_path), pretrain_transform(64, in_chans, mean, std), seed=3)
+    uint8 = pretrain_transform(64, in_chans, mean, std, uint8=True)
+    deferred = AugmentedDataset(ImageFolder(tmp_path), uint8, seed=3)
+    keys = [(1, 0), (1, 1), (2, 2)]
+    pixels = torch.stack([deferred[key]["image"] for key in keys])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, in_chans, 64, 64)
+    floats = torch.stack([plain[key]["image"] for key in keys])
+    assert torch.equal(uint8.normalize_batch(pixels), floats)
+    clips = torch.stack([pixels, pixels.flip(0)], dim=2)  # (batch, channels, frames, height, width)
+    assert torch.equal(uint8.normalize_batch(clips), torch.stack([floats, floats.flip(0)], dim=2))
+
+
 def _step_times(metrics_path) -> list[tuple[float, float]]:
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     return [(record["data_s"], record["step_s"]) for record in records if "loss" in record]

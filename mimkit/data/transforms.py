@@ -41,6 +41,10 @@ class PretrainTransform:
     is mapped exactly (fractional pixels) onto the reduced image. The crop is resized with the antialiased bicubic
     kernel of Pillow's resize (see :meth:`_resized_crop`) and normalized with constants computed once. Picklable
     for workers.
+
+    With ``uint8`` the transform stops before normalizing and returns the uint8 crop: a loader worker then hands a
+    quarter of the bytes to the training process (and the host a quarter to the GPU), which normalizes the batch
+    with :meth:`normalize_batch` on its device, with the same arithmetic and so the same values.
     """
 
     def __init__(
@@ -51,14 +55,23 @@ class PretrainTransform:
         std: Sequence[float],
         crop_scale: tuple[float, float] = (0.2, 1.0),
         hflip: bool = True,
+        uint8: bool = False,
     ) -> None:
         self.convert = ConvertMode(in_chans)
+        self.uint8 = uint8
         self.img_size = img_size
         self.crop_scale = tuple(crop_scale)
         self.hflip = hflip
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        std_tensor = torch.tensor(std, dtype=torch.float32)
         self.gain = 1 / (255 * std_tensor)
-        self.offset = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_tensor
+        self.offset = -torch.tensor(mean, dtype=torch.float32) / std_tensor
+
+    def normalize_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``pixels`` with channels at dim 1 (a batch of images ``(B, C, H, W)`` or clips ``(B, C, T, H,
+        W)``) as normalized float32, on their device."""
+        shape = (1, -1, *([1] * (pixels.dim() - 2)))
+        gain, offset = self.gain.to(pixels.device).view(shape), self.offset.to(pixels.device).view(shape)
+        return pixels.float().mul_(gain).add_(offset)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         image = to_8bit(image)
@@ -84,7 +97,8 @@ class PretrainTransform:
         resized = self._resized_crop(image, box, reduction, channels=len(self.convert.mode))
         if flip:
             resized = resized.flip(-1)
-        return resized.contiguous().float().mul_(self.gain).add_(self.offset)
+        resized = resized.contiguous()
+        return resized if self.uint8 else self.normalize_batch(resized[None])[0]
 
     def _resized_crop(self, image: Image.Image, box: CropBox, reduction: int, channels: int) -> torch.Tensor:
         """The crop ``box`` (full-size pixels) of ``image`` (decoded at 1/``reduction`` size), bicubic-resized to

@@ -66,20 +66,25 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_368_787 + step) % (2**63))
 
 
-def data_pipeline(data: DataSection, seed: int) -> tuple[ImageSource, Callable, Callable]:
-    """The source, the training augmentation and the deterministic transform of the reconstruction pictures;
-    clip sources get the same image transforms applied to every sampled frame alike. Shards are read in ``seed``'s
-    order."""
-    train = pretrain_transform(data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip)
+def data_pipeline(data: DataSection, seed: int) -> tuple[ImageSource, Callable, Callable, Callable]:
+    """The source, the training augmentation, the deterministic transform of the reconstruction pictures and the
+    normalization of a training batch on its device: the augmentation gives uint8 pixels, so loader workers pass on
+    a quarter of the bytes (see :class:`~mimkit.data.transforms.PretrainTransform`). Clip sources get the same image
+    transforms applied to every sampled frame alike. Shards are read in ``seed``'s order."""
+    train = pretrain_transform(
+        data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip, uint8=True
+    )
     viz = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
     if data.source == "shards":
-        return open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes), train, viz
+        shards = open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes)
+        return shards, train, viz, train.normalize_batch
     if data.source not in CLIP_SOURCES:
-        return build_source(data.source, data.path), train, viz
+        return build_source(data.source, data.path), train, viz, train.normalize_batch
     return (
         build_clip_source(data.source, data.path),
         ClipTransform(train, data.num_frames, data.frame_stride, random_start=True),
         ClipTransform(viz, data.num_frames, data.frame_stride, random_start=False),
+        train.normalize_batch,
     )
 
 
@@ -110,7 +115,7 @@ class Pretrainer:
         train, data = config.train, config.data
         seed_global_generators(train.seed + self.dist.rank)
 
-        self.source, transform, viz_transform = data_pipeline(data, train.seed)
+        self.source, transform, viz_transform, self.normalize_batch = data_pipeline(data, train.seed)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)
         self.micro_batch_global = train.batch_size * self.dist.world_size
         self.samples_per_epoch = data.samples_per_epoch or (
@@ -210,7 +215,7 @@ class Pretrainer:
         ``noise`` holds the masking noise of the whole global step; this process takes its rows.
         """
         train = self.config.train
-        images = batch["image"].to(self.dist.device, non_blocking=True)
+        images = self.normalize_batch(batch["image"].to(self.dist.device, non_blocking=True))
         first = micro * self.micro_batch_global + self.dist.rank * train.batch_size
         last_micro = micro == train.accum_steps - 1
         sync = self.parallel.gradient_sync(last_micro)
