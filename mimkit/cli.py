@@ -53,6 +53,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         print("\n".join([*lines, "dry run: stopped after the summary; nothing written"]))
         return 0
     summary = trainer.run()
+    if not trainer.dist.is_main:  # under torchrun the main process reports the run
+        return 0
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
     print(f"metrics log:     {summary.metrics}")
@@ -86,7 +88,10 @@ def _transfer(args: argparse.Namespace) -> int:
 
     from mimkit.eval.transfer import TransferTrainer
 
-    summary = TransferTrainer(config, checkpoint, args.overwrite, args.allow_changes).run()
+    trainer = TransferTrainer(config, checkpoint, args.overwrite, args.allow_changes)
+    summary = trainer.run()
+    if not trainer.dist.is_main:
+        return 0
     print(
         f"done: {summary.steps} steps in {summary.seconds:.1f} s; val top-1 {summary.last_top1:.2f}% "
         f"(best {summary.best_top1:.2f}%), top-5 {summary.last_top5:.2f}%"
@@ -113,6 +118,8 @@ def _dense(args: argparse.Namespace) -> int:
 
     trainer = dense_trainer(config, checkpoint, args.overwrite, args.allow_changes)
     summary = trainer.run()
+    if not trainer.dist.is_main:
+        return 0
     headline = trainer.task.headline(summary.metrics) if summary.metrics else "not evaluated"
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}; {headline}")
     print(f"evaluation: {summary.output / 'eval.json'}")

@@ -22,15 +22,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(command: list[str]) -> None:
+def _run(command: list[str]) -> str:
+    """Run ``command``, which must succeed; returns what it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
-def _run_two_processes(*cli_args: str, program: tuple[str, ...] = ("-m", "mimkit.cli")) -> None:
-    """``mimkit <cli_args>`` (or another ``program``, e.g. a script) under torchrun with two CPU processes."""
-    _run(
+def _run_two_processes(*cli_args: str, program: tuple[str, ...] = ("-m", "mimkit.cli")) -> str:
+    """``mimkit <cli_args>`` (or another ``program``, e.g. a script) under torchrun with two CPU processes; returns
+    what they printed."""
+    return _run(
         [
             sys.executable,
             "-m",
@@ -52,7 +55,8 @@ def _losses(output):
 def test_two_processes_equal_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "mimkit.cli", "pretrain", *tiny_overrides(one, "train.batch_size=8")])
-    _run_two_processes("pretrain", *tiny_overrides(two, "train.batch_size=4"))
+    printed = _run_two_processes("pretrain", *tiny_overrides(two, "train.batch_size=4"))
+    assert printed.count("done: 8 steps") == 1  # the main process reports the run, once
     assert len(_losses(two)) == 8
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-5)
     single = load_checkpoint(one / "checkpoints" / "last.safetensors").model
@@ -65,7 +69,8 @@ def _check_two_processes_equal_one(command: str, output, common: list[str], step
     every tensor of the last checkpoint."""
     one, two = output / "one", output / "two"
     _run([sys.executable, "-m", "mimkit.cli", command, "--output", str(one), *common, "train.batch_size=8"])
-    _run_two_processes(command, "--output", str(two), *common, "train.batch_size=4")
+    printed = _run_two_processes(command, "--output", str(two), *common, "train.batch_size=4")
+    assert printed.count("done: ") == 1
     losses = [
         [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
         for run in (one, two)
