@@ -30,7 +30,13 @@ from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, layer_decay_param_groups
 from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
-from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.run_session import (
+    RunSession,
+    advance,
+    check_epoch_progress,
+    report_step,
+    seed_global_generators,
+)
 from mimkit.engine.step_timer import StepTimer
 from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
@@ -135,8 +141,7 @@ class DenseTrainer:
         self.last_metrics: dict[str, Any] = {}
         self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            stored, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.precision.load_state(scaler)
+            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry, self.precision)
             self.last_metrics = stored.get("last_eval") or {}
 
     def _accumulate(self, batch: Any, micro: int) -> dict[str, torch.Tensor]:
@@ -250,12 +255,8 @@ class DenseTrainer:
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    timing = timer.step_done(progress.log_point(self.position.step))
                     record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr, "images_per_s": speed}
-                    metrics.write({**record, **timing, **self.precision.record()})
-                    progress.update(self.position.step, epoch, losses["loss"], lr, speed, timing)
-                    if note := self.precision.overflow_note(self.position.step):
-                        progress.message(note)
+                    report_step(metrics, progress, timer, self.precision, record, speed)
                     step = self.position.step
                     evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
                     if evaluating:

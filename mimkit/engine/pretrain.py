@@ -36,7 +36,13 @@ from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
 from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
 from mimkit.engine.run_folder import METRICS_NAME
-from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.run_session import (
+    RunSession,
+    advance,
+    check_epoch_progress,
+    report_step,
+    seed_global_generators,
+)
 from mimkit.engine.step_timer import StepTimer
 from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
@@ -71,21 +77,19 @@ def data_pipeline(data: DataSection, seed: int) -> tuple[ImageSource, Callable, 
     normalization of a training batch on its device: the augmentation gives uint8 pixels, so loader workers pass on
     a quarter of the bytes (see :class:`~mimkit.data.transforms.PretrainTransform`). Clip sources get the same image
     transforms applied to every sampled frame alike. Shards are read in ``seed``'s order."""
-    train = pretrain_transform(
+    frames = pretrain_transform(
         data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip, uint8=True
     )
-    viz = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+    train, viz = frames, eval_transform(data.img_size, data.in_chans, data.mean, data.std)
     if data.source == "shards":
-        shards = open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes)
-        return shards, train, viz, train.normalize_batch
-    if data.source not in CLIP_SOURCES:
-        return build_source(data.source, data.path), train, viz, train.normalize_batch
-    return (
-        build_clip_source(data.source, data.path),
-        ClipTransform(train, data.num_frames, data.frame_stride, random_start=True),
-        ClipTransform(viz, data.num_frames, data.frame_stride, random_start=False),
-        train.normalize_batch,
-    )
+        source = open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes)
+    elif data.source in CLIP_SOURCES:
+        source = build_clip_source(data.source, data.path)
+        train = ClipTransform(frames, data.num_frames, data.frame_stride, random_start=True)
+        viz = ClipTransform(viz, data.num_frames, data.frame_stride, random_start=False)
+    else:
+        source = build_source(data.source, data.path)
+    return source, train, viz, frames.normalize_batch
 
 
 def build_pretrain_model(config: PretrainConfig) -> PretrainingModel:
@@ -130,10 +134,11 @@ class Pretrainer:
             )
         self.geometry = RunGeometry(self.micro_batch_global * train.accum_steps, self.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * train.epochs
-        if data.source == "shards":  # streaming splits each epoch between processes and workers
+        if data.source == "shards":  # streaming splits each epoch between processes and workers, in its order
             dataset = self.sampler = self.source.stream.read_in_steps(dataset, train.batch_size, self.dist.world_size)
+            order = None
         else:
-            self.sampler = StepSampler(
+            self.sampler = order = StepSampler(
                 len(self.source),
                 self.micro_batch_global,
                 self.steps_per_epoch * train.accum_steps,
@@ -141,8 +146,7 @@ class Pretrainer:
                 world_size=self.dist.world_size,
                 seed=train.seed,
             )
-        sampler = None if dataset is self.sampler else self.sampler
-        self.loader = batch_loader(dataset, train.batch_size, sampler, data.num_workers, self.dist.device)
+        self.loader = batch_loader(dataset, train.batch_size, order, data.num_workers, self.dist.device)
 
         self.model = build_pretrain_model(config).to(self.dist.device)
         self.parallel = parallelize(
@@ -155,8 +159,7 @@ class Pretrainer:
         self.position = TrainPosition()
         self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            _, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.precision.load_state(scaler)
+            _, self.position = self.session.restore(self.model, self.optimizer, self.geometry, self.precision)
         self.step_module = self.parallel.module
         if train.compile:
             self.step_module = torch.compile(self.step_module)
@@ -279,21 +282,8 @@ class Pretrainer:
                     summary.last_loss = loss
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    timing = timer.step_done(progress.log_point(self.position.step))
-                    metrics.write(
-                        {
-                            "step": self.position.step,
-                            "epoch": epoch,
-                            "loss": loss,
-                            "lr": lr,
-                            "images_per_s": speed,
-                            **timing,
-                            **self.precision.record(),
-                        }
-                    )
-                    progress.update(self.position.step, epoch, loss, lr, speed, timing)
-                    if note := self.precision.overflow_note(self.position.step):
-                        progress.message(note)
+                    record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": speed}
+                    report_step(metrics, progress, timer, self.precision, record, speed)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:

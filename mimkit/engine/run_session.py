@@ -18,10 +18,12 @@ from mimkit.engine.checkpoint import TrainPosition, load_checkpoint, restore_rng
 from mimkit.engine.checkpoint_checks import load_model_state, load_optimizer_state
 from mimkit.engine.distributed import DistInfo, barrier
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
+from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry, check_resume_changes, fit_position, resume_checkpoint
 from mimkit.engine.retention import keep_checkpoint
 from mimkit.engine.run_folder import RunFolder
 from mimkit.engine.sharded_checkpoint import is_sharded, load_sharded, read_sharded_record, save_sharded
+from mimkit.engine.step_timer import StepTimer
 from mimkit.engine.strategy import full_state_dict, is_sharded_model
 from mimkit.errors import CheckpointError, MimkitError, NonFiniteError
 
@@ -61,12 +63,12 @@ class RunSession:
         return self.resume_path is not None
 
     def restore(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, geometry: RunGeometry
-    ) -> tuple[dict[str, Any], TrainPosition, dict[str, Any] | None]:
-        """Load the checkpoint to resume into ``model`` and ``optimizer`` and restore the RNG states, after checking
-        that its config and position fit this run; returns the checkpoint's config, the position to continue at and
-        an fp16 run's gradient-scaler state (None without one). A sharded checkpoint (``last.dcp``) resumes an FSDP
-        run, a single file any other."""
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, geometry: RunGeometry, precision: Precision
+    ) -> tuple[dict[str, Any], TrainPosition]:
+        """Load the checkpoint to resume into ``model``, ``optimizer`` and ``precision`` (an fp16 run's scaler) and
+        restore the RNG states, after checking that its config and position fit this run; returns the checkpoint's
+        config and the position to continue at. A sharded checkpoint (``last.dcp``) resumes an FSDP run, a single
+        file any other."""
         path = self.resume_path
         sharded = is_sharded(path)
         if sharded != is_sharded_model(model):
@@ -75,10 +77,11 @@ class RunSession:
                 f"{path} is {kind} checkpoint, which resumes with train.strategy={strategy}; convert a sharded one "
                 "with `mimkit convert-checkpoint` and start a new run from its weights to switch"
             )
-        checkpoint = None if sharded else load_checkpoint(path)
         if sharded:
+            checkpoint = None
             config, saved_position, scaler = read_sharded_record(path)
         else:
+            checkpoint = load_checkpoint(path)
             config, saved_position, scaler = checkpoint.config, checkpoint.position, checkpoint.scaler
         changes = check_resume_changes(type(self.config), config, self.config, self.allow_changes, path)
         saved_name = config.get("model", {}).get("name")
@@ -97,11 +100,12 @@ class RunSession:
             load_optimizer_state(optimizer, checkpoint.optimizer, path)
             rng = checkpoint.rng
         restore_rng(rng)
+        precision.load_state(scaler)
         self.notes.append(f"resuming {path} at step {position.step} (epoch {position.epoch})")
         if position != saved_position:
             self.notes.append(f"the run's steps changed: step {saved_position.step} is now step {position.step}")
         self.notes += [f"changed on resume: {change}" for change in changes]
-        return config, position, scaler
+        return config, position
 
     def stop_at(self, total_steps: int) -> int:
         """The step this invocation stops at: the end of the schedule or ``train.max_steps``."""
@@ -170,9 +174,9 @@ class RunSession:
     ) -> Path:
         """Write checkpoint ``checkpoints/<name>.safetensors`` (main process) with the run geometry in its record
         and, with ``optimizer`` (and an fp16 run's ``scaler`` state), everything a resume needs; keep the ``keep``
-        latest as periodic copies. Every
-        process calls it. An FSDP-sharded ``model`` with ``optimizer`` is written as a sharded checkpoint
-        (``checkpoints/last.dcp``, by every process); without, gathered into the main process's single file."""
+        latest as periodic copies. Every process calls it. An FSDP-sharded ``model`` with ``optimizer`` is written as
+        a sharded checkpoint (``checkpoints/last.dcp``, by every process); without, gathered into the main process's
+        single file."""
         full_record = {**record, "run": asdict(geometry)}
         sharded = is_sharded_model(model)
         path = self.folder.checkpoints / f"{name}.safetensors"
@@ -204,6 +208,25 @@ def seed_global_generators(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def report_step(
+    metrics: MetricsLog,
+    progress: ProgressDisplay,
+    timer: StepTimer,
+    precision: Precision,
+    record: dict[str, Any],
+    images_per_s: float,
+) -> None:
+    """Record a finished optimizer step (``record`` holds at least its step, epoch, loss and lr): its data and step
+    times and, under fp16, the scaler's fields join it in the metrics log; the progress display shows it, with a
+    line where the fp16 scaler skipped the update."""
+    step = record["step"]
+    timing = timer.step_done(progress.log_point(step))
+    metrics.write({**record, **timing, **precision.record()})
+    progress.update(step, record["epoch"], record["loss"], record["lr"], images_per_s, timing)
+    if note := precision.overflow_note(step):
+        progress.message(note)
 
 
 def advance(position: TrainPosition, steps_per_epoch: int) -> bool:

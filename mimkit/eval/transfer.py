@@ -25,7 +25,13 @@ from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, build_scheduler, effective_lr, layer_decay_param_groups
 from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
-from mimkit.engine.run_session import RunSession, advance, check_epoch_progress, seed_global_generators
+from mimkit.engine.run_session import (
+    RunSession,
+    advance,
+    check_epoch_progress,
+    report_step,
+    seed_global_generators,
+)
 from mimkit.engine.step_timer import StepTimer
 from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
@@ -144,8 +150,7 @@ class TransferTrainer:
         self.best_top1 = 0.0
         self.precision = Precision(train.precision, self.dist.device)
         if self.session.resuming:
-            stored, self.position, scaler = self.session.restore(self.model, self.optimizer, self.geometry)
-            self.precision.load_state(scaler)
+            stored, self.position = self.session.restore(self.model, self.optimizer, self.geometry, self.precision)
             self.best_top1 = stored.get("best_top1", 0.0)
 
     def _train_step(self, batch: dict, step: int) -> float:
@@ -259,12 +264,8 @@ class TransferTrainer:
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    timing = timer.step_done(progress.log_point(self.position.step))
-                    record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, **timing}
-                    metrics.write({**record, **self.precision.record()})
-                    progress.update(self.position.step, epoch, loss, lr, speed, timing)
-                    if note := self.precision.overflow_note(self.position.step):
-                        progress.message(note)
+                    record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr}
+                    report_step(metrics, progress, timer, self.precision, record, speed)
                     if epoch_ended or self.position.step >= stop_at:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
