@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 
 from parity_report import parity_rows  # noqa: E402
 
-from mimkit.bench import SIZES, peak_matmul_gflops, run_in_fresh_process  # noqa: E402
+from mimkit.bench import SIZES, peak_dtype, peak_matmul_gflops, run_in_fresh_process  # noqa: E402
 from mimkit.bench_peers import format_peers_table, run_peers  # noqa: E402
 from mimkit.models import create_model  # noqa: E402
 
@@ -63,6 +63,8 @@ class Mode:
     """What a run measures: the GPU settings, or the reduced CPU smoke settings."""
 
     device: str
+    precision: str
+    """What the throughput and the peers are timed in: bf16 on the GPU, fp32 on the CPU (no native bf16)."""
     size: str
     batch: int
     image_size: int | None
@@ -74,12 +76,13 @@ class Mode:
 
     @classmethod
     def gpu(cls) -> Mode:
-        return cls("cuda", "base", GPU_BATCH, None, 3, 10, True, ("--workers", str(os.cpu_count())), "nccl")
+        loader = ("--workers", str(os.cpu_count()))
+        return cls("cuda", "bf16", "base", GPU_BATCH, None, 3, 10, True, loader, "nccl")
 
     @classmethod
     def cpu_smoke(cls) -> Mode:
         loader = ("--workers", "1", "--files", "8", "--images", "16", "--batch", "8", "--rounds", "1")
-        return cls("cpu", "small", 2, 32, 0, 1, False, loader, "gloo")
+        return cls("cpu", "fp32", "small", 2, 32, 0, 1, False, loader, "gloo")
 
 
 @dataclass
@@ -124,11 +127,11 @@ class Report:
 def environment(mode: Mode) -> list[str]:
     device = torch.device(mode.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    peak = peak_matmul_gflops(device, torch.bfloat16 if device.type == "cuda" else torch.float32, repeats=3)
+    peak = peak_matmul_gflops(device, peak_dtype(mode.precision), repeats=3)
     versions = f"torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} cores"
     return [
         f"- device: {name}; {versions}",
-        f"- {'bf16' if device.type == 'cuda' else 'fp32'} matmul peak measured here: {peak / 1e3:.1f} TFLOP/s",
+        f"- {mode.precision} matmul peak measured here: {peak / 1e3:.1f} TFLOP/s",
         f"- mode: {'GPU' if device.type == 'cuda' else 'CPU smoke'} (size {mode.size}, batch {mode.batch})",
     ]
 
@@ -175,7 +178,6 @@ def bf16_section(report: Report, mode: Mode) -> list[str]:
 
 
 def throughput_section(mode: Mode, compile: bool) -> list[str]:
-    precision = "bf16" if mode.device == "cuda" else "fp32"
     lines = [
         "| method | model | batch | px | median s | img/s | GFLOP/step | MFU | peak memory MB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -187,7 +189,7 @@ def throughput_section(mode: Mode, compile: bool) -> list[str]:
             "batch": mode.batch,
             "image_size": mode.image_size,
             "device": mode.device,
-            "precision": precision,
+            "precision": mode.precision,
             "warmup": mode.warmup,
             "repeats": mode.repeats,
             "compile": compile,
@@ -198,17 +200,16 @@ def throughput_section(mode: Mode, compile: bool) -> list[str]:
             f"{r.gflop_per_step:.1f} | {r.mfu:.2f} | {r.peak_memory_mb:.0f} |"
         )
     mode_text = "torch.compile" if compile else "eager"
-    return lines + [f"\n{precision}, {mode_text}; MFU against the matmul peak measured in each process"]
+    return lines + [f"\n{mode.precision}, {mode_text}; MFU against the matmul peak measured in each process"]
 
 
 def peers_section(mode: Mode) -> list[str]:
-    precision = "bf16" if mode.device == "cuda" else "fp32"
     results = run_peers(
         size=mode.size,
         batch=mode.batch,
         image_size=mode.image_size,
         device=mode.device,
-        precision=precision,
+        precision=mode.precision,
         warmup=mode.warmup,
         repeats=mode.repeats,
     )

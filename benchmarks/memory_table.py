@@ -21,6 +21,7 @@ from unittest import mock
 import torch
 from torch import nn
 
+from mimkit.engine.strategy import training_blocks
 from mimkit.models import model_class, model_config
 
 GiB = 2**30
@@ -161,19 +162,6 @@ def _storage_key(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage()._cdata
 
 
-def checkpoint_blocks(model: nn.Module) -> list[nn.Module]:
-    """The modules per-block checkpointing wraps: every ``*Block`` (timm's ViT ``Block``, ``ConvBlock``,
-    ``SwinBlock``, decoder blocks) not inside another one."""
-    blocks: list[nn.Module] = []
-    inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside or not type(module).__name__.endswith("Block"):
-            continue
-        blocks.append(module)
-        inside.update(id(child) for child in module.modules())
-    return blocks
-
-
 @contextmanager
 def _block_tracking(blocks: list[nn.Module], current: list[int | None], inputs: list[torch.Tensor]) -> Iterator[None]:
     def enter(index: int):
@@ -200,7 +188,7 @@ def saved_activations(model: nn.Module, images: torch.Tensor, noise: torch.Tenso
     storage once, the model's parameters and buffers left out, attributed to the block running when it was saved;
     attention through :func:`fused_attention`."""
     own = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
-    blocks = checkpoint_blocks(model)
+    blocks = training_blocks(model)
     seen: dict[int, int] = {}
     per_block = [0] * len(blocks)
     current: list[int | None] = [None]
@@ -284,7 +272,7 @@ def memory_row(name: str, batch: int, img_size: int = 224) -> MemoryRow:
     trained = sum(p.numel() for p in fp32.parameters() if p.requires_grad)
     teachers = [p for teacher in getattr(fp32, "teachers", []) for p in teacher.parameters()]
     frozen = sum(p.numel() for p in (*fp32.parameters(), *teachers) if not p.requires_grad)
-    largest = max((sum(p.numel() for p in b.parameters()) for b in checkpoint_blocks(fp32)), default=0)
+    largest = max((sum(p.numel() for p in b.parameters()) for b in training_blocks(fp32)), default=0)
     return MemoryRow(
         name,
         batch,

@@ -150,6 +150,27 @@ def seconds_of(run: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def check_device(device: str) -> None:
+    """``--device cuda`` needs a visible GPU: a clear error before anything is built."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MimkitError("--device cuda, but no CUDA device is available")
+
+
+def peak_dtype(precision: str) -> torch.dtype:
+    """The matmul type whose peak a step in ``precision`` is measured against (its MFU's denominator)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def train_step(loss_of: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, autocast) -> None:
+    """One full step: the loss ``loss_of()`` computes under ``autocast``, backward, optimizer step, cleared
+    gradients."""
+    with autocast:
+        loss = loss_of()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def measure(
     method: str,
     size: str,
@@ -180,11 +201,7 @@ def measure(
     autocast = precision_autocast(dev, precision)
 
     def step(module: torch.nn.Module = model) -> None:
-        with autocast:
-            loss = module(images, noise=noise)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(lambda: module(images, noise=noise)["loss"], optimizer, autocast)
 
     with FlopCounterMode(display=False) as counter:
         step()
@@ -199,7 +216,7 @@ def measure(
         peak_memory = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak_memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peak = peak_matmul_gflops(dev, torch.bfloat16 if precision == "bf16" else torch.float32)
+    peak = peak_matmul_gflops(dev, peak_dtype(precision))
     anchor = ANCHORS.get((method, size, batch)) if image_size == default_size and precision == "fp32" else None
     timing = step_timing_fields(batch, times, flops, peak)
     return BenchResult(
@@ -258,8 +275,7 @@ def run_benchmarks(
     unknown = [(m, s) for m in methods for s in sizes if (m, s) not in SIZES]
     if unknown:
         raise MimkitError(f"no benchmark configuration for {unknown}; known: {sorted(SIZES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MimkitError("--device cuda, but no CUDA device is available")
+    check_device(device)
     results = []
     for method in methods:
         for size in sizes:

@@ -13,15 +13,23 @@ over the implementation's (above 1: mimkit is faster).
 from __future__ import annotations
 
 import statistics
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mimkit.bench import DEFAULT_BATCH, SIZES, StepTiming, peak_matmul_gflops, seconds_of, step_timing_fields
+from mimkit.bench import (
+    DEFAULT_BATCH,
+    SIZES,
+    StepTiming,
+    check_device,
+    peak_dtype,
+    peak_matmul_gflops,
+    seconds_of,
+    step_timing_fields,
+    train_step,
+)
 from mimkit.engine.optim import build_optimizer
 from mimkit.engine.precision import autocast as precision_autocast
 from mimkit.errors import MimkitError
@@ -52,16 +60,6 @@ class PeerResult(StepTiming):
     compiled: bool = False
 
 
-def _step(
-    module: nn.Module, optimizer: torch.optim.Optimizer, autocast: AbstractContextManager, *inputs: torch.Tensor
-) -> None:
-    with autocast:
-        loss = module(*inputs)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def run_peers(
     size: str = "base",
     batch: int | None = None,
@@ -82,8 +80,7 @@ def run_peers(
         raise MimkitError(f"precision must be one of {', '.join(LOSS_TOLERANCE)}, got '{precision}'")
     if repeats < 1 or warmup < 0 or (batch is not None and batch < 1):
         raise MimkitError("--batch and --repeats must be at least 1, --warmup at least 0")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MimkitError("--device cuda, but no CUDA device is available")
+    check_device(device)
     for implementation in LIBRARIES:
         peer_library(implementation)
     keep_freed_memory()
@@ -116,7 +113,7 @@ def run_peers(
     flops = {}
     for impl, module in modules.items():
         with FlopCounterMode(display=False) as counter:
-            _step(module, optimizers[impl], autocast, images, first_noise)
+            train_step(partial(module, images, first_noise), optimizers[impl], autocast)
         flops[impl] = counter.get_total_flops()
     timed = {impl: torch.compile(module) if compile else module for impl, module in modules.items()}
     times: dict[str, list[float]] = {impl: [] for impl in modules}
@@ -124,10 +121,11 @@ def run_peers(
     for round_index in range(warmup + repeats):
         round_noise = noise()
         for impl, module in timed.items():
-            seconds = seconds_of(partial(_step, module, optimizers[impl], autocast, images, round_noise), dev)
+            step = partial(train_step, partial(module, images, round_noise), optimizers[impl], autocast)
+            seconds = seconds_of(step, dev)
             if round_index >= warmup:
                 times[impl].append(seconds)
-    peak = peak_matmul_gflops(dev, torch.bfloat16 if precision == "bf16" else torch.float32)
+    peak = peak_matmul_gflops(dev, peak_dtype(precision))
     mimkit_median = statistics.median(times["mimkit"])
     results = []
     for impl in modules:

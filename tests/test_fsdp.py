@@ -3,7 +3,6 @@ activation checkpointing."""
 
 from __future__ import annotations
 
-import json
 import pickle
 import sys
 import warnings
@@ -124,10 +123,7 @@ def test_fsdp_fine_tuning_equals_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "mimkit.cli", "finetune", "--output", str(one), *common, "train.batch_size=8"])
     _run_two_processes("finetune", "--output", str(two), *common, "train.batch_size=4", FSDP, CHECKPOINTED)
-    losses = [
-        [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-        for run in (one, two)
-    ]
+    losses = [_losses(one), _losses(two)]
     assert len(losses[1]) == 4
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     sharded = _convert(two / "checkpoints" / "last.dcp", tmp_path / "two.safetensors")
