@@ -68,12 +68,24 @@ def test_fsdp_resume_is_exact(tmp_path, capsys):
     assert all(resumed[k].equal(uninterrupted[k]) for k in uninterrupted)
 
 
+LEFT_ALIVE_SCRIPT = """
+import gc, sys
+from torch.distributed.fsdp import FSDPModule
+from mimkit.cli import main
+code = main(sys.argv[1:])
+sys.exit(code or sum(isinstance(o, FSDPModule) for o in gc.get_objects()))
+"""
+
+
 def test_converted_checkpoint_loads_in_finetune_and_export(tmp_path, capsys):
     """A converted sharded checkpoint is a mimkit checkpoint: fine-tuning starts from it and export reads it; the
-    conversion refuses to overwrite a file. Trained in bf16, FSDP keeps fp32 master weights."""
+    conversion refuses to overwrite a file. Trained in bf16, FSDP keeps fp32 master weights. The finished command
+    leaves no sharded module for interpreter teardown to collect (that aborted a process at exit)."""
     run = tmp_path / "run"
     bf16 = ("train.batch_size=4", "train.max_steps=1", "train.precision=bf16", FSDP)
-    _run_two_processes("pretrain", *tiny_overrides(run, *bf16))
+    script = tmp_path / "left_alive.py"
+    script.write_text(LEFT_ALIVE_SCRIPT)
+    _run_two_processes("pretrain", *tiny_overrides(run, *bf16), program=(str(script),))
     converted = tmp_path / "converted.safetensors"
     assert {t.dtype for t in _convert(run / "checkpoints" / "last.dcp", converted).values()} == {torch.float32}
     capsys.readouterr()
