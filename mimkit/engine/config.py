@@ -13,7 +13,14 @@ from typing import Any, Literal
 from mimkit.config_paths import is_url
 from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml
 from mimkit.config_types import Count, NonNegativeInt
-from mimkit.engine.config_parts import CLIP_SOURCES, AccumulationFields, ImageDataFields, LoopFields, OptimFields
+from mimkit.engine.config_parts import (
+    CLIP_SOURCES,
+    AccumulationFields,
+    ImageDataFields,
+    LoopFields,
+    OptimFields,
+    resolve_warmup,
+)
 from mimkit.model_configs.registry import model_config
 
 
@@ -81,6 +88,7 @@ class PretrainConfig(Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_source_fits_model(self.data.source, self.model.name)
+        self.optim.warmup_epochs = resolve_warmup(self.optim.warmup_epochs, self.train.epochs)
         try:
             model_config(self.model.name, prefix="model.args", **self.model_args())
         except ConfigError as err:

@@ -22,6 +22,20 @@ def check_min_max(name: str, bounds: tuple[float, float], rule: str = "min <= ma
         raise ValueError(f"{name} must satisfy {rule}, got {bounds}")
 
 
+def resolve_warmup(warmup_epochs: float | None, epochs: int) -> float:
+    """The warm-up length in epochs: as configured, or a tenth of the run when null (MAE warms up 40 of 800
+    pretraining epochs and 5 of 100 fine-tuning ones). A warm-up as long as the run is refused: it never reaches the
+    peak learning rate and leaves no cosine decay (the schedule used to clamp it silently)."""
+    if warmup_epochs is None:
+        return epochs / 10
+    if warmup_epochs >= epochs:
+        raise ValueError(
+            f"optim.warmup_epochs ({warmup_epochs:g}) must be shorter than train.epochs ({epochs}); set it to a "
+            "tenth of the run or leave it out (null: a tenth)"
+        )
+    return warmup_epochs
+
+
 @dataclass
 class ImageInputFields(Settings):
     """What every command's images become: size, channels and normalization; loader workers."""
@@ -73,7 +87,8 @@ class OptimFields(OptimizerFields):
 
     base_lr: Positive = 1.5e-3
     """Learning rate per 256 images: lr = base_lr * effective_batch / 256 (MAE's linear scaling rule)."""
-    warmup_epochs: NonNegative = 1.0
+    warmup_epochs: NonNegative | None = None
+    """Linear warm-up epochs; null: a tenth of ``train.epochs`` (:func:`resolve_warmup`)."""
 
 
 @dataclass

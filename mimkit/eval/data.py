@@ -149,23 +149,10 @@ def allow_zero_bit_posterize(rand_augment: RandAugment) -> RandAugment:
 
 
 def eval_transform_for(data: LabelledDataSection) -> Callable:
-    """:func:`val_transform` for images; for clips the middle ``num_frames`` frames, each with its short side
-    resized to ``img_size`` and centre-cropped (VideoMAE's test crop; one view, its 3 x 5 views are not
-    implemented)."""
+    """The evaluation crop (``data.eval_crop``) for images; for clips the middle ``num_frames`` frames, each with
+    its short side resized to ``img_size`` and centre-cropped (VideoMAE's test crop; one view, its 3 x 5 views are
+    not implemented)."""
     if data.source == "clips":
         frame = eval_transform(data.img_size, data.in_chans, data.mean, data.std)
         return ClipTransform(frame, data.num_frames, data.frame_stride, random_start=False)
-    return val_transform(data.img_size, data.in_chans, data.mean, data.std)
-
-
-def val_transform(img_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """Resize to ``img_size / 0.875`` and center-crop ``img_size`` (MAE's evaluation crop)."""
-    return T.Compose(
-        [
-            ConvertMode(in_chans),
-            T.Resize(round(img_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(img_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )
+    return eval_transform(data.img_size, data.in_chans, data.mean, data.std, data.eval_crop)

