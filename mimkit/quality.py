@@ -444,7 +444,7 @@ def run_method(
 
 def run_quality(methods: Sequence[str], settings: QualitySettings, output: str | Path, say=print) -> QualityReport:
     """Run the benchmark for ``methods`` and write ``results.json``, ``results.md`` and
-    ``accuracy_vs_steps.png`` under ``output``."""
+    ``accuracy_vs_steps.png`` under ``output``, rewritten after each method."""
     from mimkit.quality_report import write_report
 
     start = time.perf_counter()
@@ -455,11 +455,11 @@ def run_quality(methods: Sequence[str], settings: QualitySettings, output: str |
     say("[quality] raw-pixel baselines: kNN and logistic regression on 28x28 pixels")
     references = [raw_pixel_scores(settings)]
     random_runs = RandomInitRuns()
-    results = []
+    report = QualityReport([], references, settings)
     for method in methods:
         result, teacher_row = run_method(method, settings, output, random_runs, say)
-        results.append(result)
-        references += [teacher_row] if teacher_row else []
-    report = QualityReport(results, references, settings, time.perf_counter() - start)
-    write_report(report, output)
+        report.methods.append(result)
+        report.references += [teacher_row] if teacher_row else []
+        report.seconds = time.perf_counter() - start
+        write_report(report, output)  # after every method: a run stopped later keeps the methods it finished
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -131,3 +132,23 @@ def test_bad_method_name_is_a_clear_error(capsys):
         check_methods(["mae", "beit"])
     assert main(["bench", "--quality", "--methods", "beit", "--out", "unused"]) == 2
     assert "choose from mae, convmae, mixmae, localmim, mrmae" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_results_of_finished_methods_survive_a_later_failure(tmp_path, monkeypatch):
+    """The report is written after every method: a run that stops later (a full disk) keeps what it finished."""
+    import mimkit.quality as quality
+
+    real = quality.run_method
+
+    def stop_at_mixmae(method, *args, **kwargs):
+        if method == "mixmae":
+            raise MimkitError("No space left on device")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "run_method", stop_at_mixmae)
+    settings = dataclasses.replace(MINIATURE, label_fractions=(), full_label_epochs=0)
+    with pytest.raises(MimkitError, match="No space left"):
+        run_quality(["mae", "mixmae"], settings, tmp_path, say=lambda _: None)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert [m["method"] for m in stored["methods"]] == ["mae"] and (tmp_path / "results.md").is_file()
