@@ -35,6 +35,10 @@ def _frozen_table(report: QualityReport) -> list[str]:
     return lines
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def _finetune_table(report: QualityReport) -> list[str]:
     """Fine-tuning top-1 per label share, random init -> pretrained, and each method's minutes."""
     plan = report.settings.finetune_plan()
@@ -42,7 +46,7 @@ def _finetune_table(report: QualityReport) -> list[str]:
     header = [
         "method",
         "steps",
-        *[f"fine-tune {s} labels, {e} epochs (random -> pretrained)" for (_, e), s in zip(plan, shares, strict=True)],
+        *[f"fine-tune {s} labels, {_epochs(e)} (random -> pretrained)" for (_, e), s in zip(plan, shares, strict=True)],
     ]
     lines = _header([*header, "minutes (all of the method's runs)"])
     for result in report.methods:

@@ -78,7 +78,7 @@ def test_miniature_run_writes_results_in_range(tmp_path):
     assert 50 < pixels["frozen"]["probe_top1"]["100%"] <= 100 and 30 < teacher["frozen"]["knn_top1"]["100%"] <= 100
     assert report.seconds > 0
     table = (tmp_path / "results.md").read_text()
-    assert "| mae | 4 |" in table and "| raw pixels | - |" in table and "fine-tune 25% labels, 1 epochs" in table
+    assert "| mae | 4 |" in table and "| raw pixels | - |" in table and "fine-tune 25% labels, 1 epoch (random" in table
     # eval_every=0: the test images are scored once, after the last fine-tuning step; a tenth of it is warm-up
     run = tmp_path / "mae" / "finetune_random_25pct"
     assert sum("val_top1" in line for line in (run / "metrics.jsonl").read_text().splitlines()) == 1
