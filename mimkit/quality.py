@@ -352,7 +352,7 @@ def finetune_top1(
     data = config.data
     overrides = [
         f"model.name={config.model.name}",
-        f"model.args={json.dumps(config.model.args)}",
+        f"model.args={json.dumps(config.model_args())}",
         f"model.checkpoint={checkpoint if checkpoint is not None else 'null'}",
         f"data.img_size={data.img_size}",
         f"data.in_chans={data.in_chans}",

@@ -18,6 +18,7 @@ from mimkit.quality import (
     budget_steps,
     check_methods,
     eval_schedule,
+    finetune_top1,
     linear_probe_top1,
     method_config,
     raw_pixel_scores,
@@ -152,3 +153,15 @@ def test_results_of_finished_methods_survive_a_later_failure(tmp_path, monkeypat
         run_quality(["mae", "mixmae"], settings, tmp_path, say=lambda _: None)
     stored = json.loads((tmp_path / "results.json").read_text())
     assert [m["method"] for m in stored["methods"]] == ["mae"] and (tmp_path / "results.md").is_file()
+
+
+@needs_fashion_mnist
+def test_random_init_fine_tuning_of_every_vit_method_is_the_same_run(tmp_path):
+    """A random-init run depends only on the encoder: MR-MAE's (1-channel, its normalization taken from the data)
+    runs and equals MAE's, which is why the benchmark shares them."""
+    settings = dataclasses.replace(MINIATURE, train_images=256)
+    top1 = [
+        finetune_top1(method_config(m, settings, tmp_path / m), None, 0.25, 1, settings, tmp_path / f"ft_{m}").top1
+        for m in ("mrmae", "mae")
+    ]
+    assert top1[0] == top1[1]
