@@ -265,12 +265,12 @@ def frozen_scores(
     train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, settings: QualitySettings
 ) -> FrozenScores:
     """kNN (on the L2-normalized features) and the linear probe trained with each scored label share."""
-    scores = FrozenScores()
+    scores, test_normed = FrozenScores(), F.normalize(test_f, dim=1)
     for fraction in settings.scored_fractions():
         label = fraction_label(fraction)
         chosen = torch.as_tensor(balanced_label_subset(train_y.tolist(), fraction, settings.seed))
         x, y = train_f[chosen], train_y[chosen]
-        scores.knn_top1[label] = knn_top1(F.normalize(x, dim=1), y, F.normalize(test_f, dim=1), test_y, settings.knn_k)
+        scores.knn_top1[label] = knn_top1(F.normalize(x, dim=1), y, test_normed, test_y, settings.knn_k)
         scores.probe_top1[label] = linear_probe_top1(x, y, test_f, test_y, settings.probe_iterations, settings.probe_l2)
     return scores
 
