@@ -58,7 +58,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
     print(f"metrics log:     {summary.metrics}")
-    print(f"tensorboard:     {summary.output / 'tensorboard'}")
+    if "tensorboard" in config.train.trackers:
+        print(f"tensorboard:     {summary.output / 'tensorboard'}")
     if summary.reconstructions:
         print(f"reconstructions: {summary.reconstructions[-1]}")
     return 0

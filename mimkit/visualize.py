@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from mimkit.methods.base import PretrainingModel
 from mimkit.patches import grid_size, patchify, unpatchify
@@ -29,7 +29,7 @@ def reconstruction_grid(
     std: Sequence[float],
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(rows, columns, C, H, W)`` tiles in [0, 1] for :func:`save_reconstruction_grid`; ``(B, C, T, H, W)`` clips
+    """``(rows, columns, C, H, W)`` tiles in [0, 1] for :func:`grid_picture`; ``(B, C, T, H, W)`` clips
     give four rows of frames per clip (:func:`~mimkit.visualize_video.clip_rows`)."""
     was_training = model.training
     model.eval()
@@ -114,9 +114,19 @@ def mask_to_pixels(mask: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tenso
     return cells.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
 
 
-def save_reconstruction_grid(tiles: torch.Tensor, path: str | Path) -> Path:
-    """Write ``(rows, columns, C, H, W)`` tiles as a PNG."""
+def grid_picture(tiles: torch.Tensor) -> torch.Tensor:
+    """``(rows, columns, C, H, W)`` tiles as one ``(3, H, W)`` picture in [0, 1], with 2-px white gaps."""
+    return make_grid(tiles.flatten(0, 1), nrow=tiles.shape[1], padding=2, pad_value=1.0)
+
+
+def save_picture(picture: torch.Tensor, path: str | Path) -> Path:
+    """Write a ``(C, H, W)`` picture in [0, 1] as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(tiles.flatten(0, 1), str(path), nrow=tiles.shape[1], padding=2, pad_value=1.0)
+    save_image(picture, str(path))
     return path
+
+
+def save_reconstruction_grid(tiles: torch.Tensor, path: str | Path) -> Path:
+    """Write ``(rows, columns, C, H, W)`` tiles as a PNG."""
+    return save_picture(grid_picture(tiles), path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from mimkit.dense.backbones import build_dense_backbone
 from mimkit.dense.schedule import dense_scheduler
 from mimkit.dense.task import DenseTask
 from mimkit.engine.atomic_files import atomic_write
+from mimkit.engine.callbacks import Callback, CallbackList
 from mimkit.engine.checkpoint import TrainPosition
-from mimkit.engine.distributed import init_distributed, mean_across_processes
+from mimkit.engine.distributed import init_distributed
+from mimkit.engine.loss_terms import StepLosses
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
 from mimkit.engine.optim import adamw, layer_decay_param_groups
 from mimkit.engine.precision import Precision
@@ -60,7 +63,8 @@ class DenseSummary:
 class DenseTrainer:
     """Runs a detection or segmentation config; ``run()`` returns a :class:`DenseSummary`.
 
-    ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining."""
+    ``resume`` (``'auto'`` or a checkpoint path), ``overwrite``, ``allow_changes`` and ``callbacks``: as for
+    pretraining."""
 
     def __init__(
         self,
@@ -69,10 +73,14 @@ class DenseTrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         train, data, model_section = config.train, config.data, config.model
         self.dist = init_distributed(train.device)
+        self.callbacks = CallbackList(callbacks, self.dist.is_main, self.dist.device)
+        self.should_stop = False
+        """Set by a callback to end the run after the current step (see :mod:`mimkit.engine.callbacks`)."""
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=task_type.tag)
         seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
@@ -154,11 +162,10 @@ class DenseTrainer:
             self.precision.backward(loss / accum)
         return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in parts.items()}}
 
-    def _apply_update(self, sums: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    def _apply_update(self, sums: StepLosses, step: int) -> dict[str, float]:
         """The step's losses averaged over micro-batches and processes; a non-finite loss stops the run before the
         optimizer applies it."""
-        accum = self.config.train.accum_steps
-        losses = {k: mean_across_processes(v / accum).item() for k, v in sums.items()}
+        losses = sums.mean(self.config.train.accum_steps)
         if not math.isfinite(losses["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
@@ -199,7 +206,7 @@ class DenseTrainer:
             "last_eval": self.last_metrics,
             **self.task.record(),
         }
-        return self.session.save(
+        path = self.session.save(
             "last",
             self.model,
             record,
@@ -209,17 +216,21 @@ class DenseTrainer:
             keep=self.config.train.keep_checkpoints,
             scaler=self.precision.state(),
         )
+        self.callbacks.checkpoint(self, path)
+        return path
 
     def _validate(self, epoch: int, summary: DenseSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
         results, picture = self.evaluate()
         self.last_metrics = {"step": self.position.step, **results}
         scalars = {k: v for k, v in results.items() if isinstance(v, float) and math.isfinite(v)}
-        metrics.write({"step": self.position.step, "epoch": epoch, **scalars})
+        record = {"step": self.position.step, "epoch": epoch, **scalars}
+        metrics.write(record)
         if self.dist.is_main:
             text = json.dumps(self.last_metrics, indent=2, allow_nan=False) + "\n"
             atomic_write(self.output / EVAL_FILE, text.encode())
         summary.metrics, summary.picture = self.last_metrics, picture
         progress.message(f"step {self.position.step}: {self.task.headline(results)}")
+        self.callbacks.eval(self, record)
 
     def run(self) -> DenseSummary:
         train = self.config.train
@@ -228,6 +239,7 @@ class DenseTrainer:
         stop_at = self.session.stop_at(self.total_steps)
         if self.session.finished(self.position.step, stop_at, self.total_steps):
             summary.steps = self.position.step
+            self.callbacks.run_end(self, summary)
             return summary
         with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
             metrics,
@@ -235,38 +247,42 @@ class DenseTrainer:
         ):
             self.model.train()
             timer = StepTimer(self.dist.device)
-            while self.position.step < stop_at:
+            while self.position.step < stop_at and not self.should_stop:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 steps_before = self.position.step
                 window_start = time.perf_counter()
-                micro, sums = 0, {}
+                micro, sums = 0, StepLosses()
                 for batch in timer.batches(self.loader):
-                    for name, value in self._accumulate(batch, micro).items():
-                        sums[name] = sums.get(name, 0) + value
+                    sums.add(self._accumulate(batch, micro))
                     micro += 1
                     if micro < train.accum_steps:
                         continue
                     losses = self._apply_update(sums, self.position.step)
-                    micro, sums = 0, {}
+                    micro = 0
                     epoch_ended = advance(self.position, self.steps_per_epoch)
                     summary.last_loss = losses["loss"]
                     lr = max(group["lr"] for group in self.optimizer.param_groups)
                     now = time.perf_counter()
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
-                    record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr, "images_per_s": speed}
-                    report_step(metrics, progress, timer, self.precision, record, speed)
+                    record = {"step": self.position.step, "epoch": epoch, **losses, "lr": lr}
+                    record = report_step(metrics, progress, timer, self.precision, record, speed)
+                    self.callbacks.step(self, record)
                     step = self.position.step
-                    evaluating = step >= stop_at or (train.eval_every and step % train.eval_every == 0)
+                    stopping = step >= stop_at or self.should_stop
+                    evaluating = stopping or (train.eval_every and step % train.eval_every == 0)
                     if evaluating:
                         self._validate(epoch, summary, metrics, progress)
                     periodic = train.checkpoint_every and step % train.checkpoint_every == 0
                     if evaluating or epoch_ended or periodic:
                         summary.checkpoint = self._save()
-                    if epoch_ended or step >= stop_at:
+                    if epoch_ended:
+                        self.callbacks.epoch_end(self, epoch, record)
+                    if epoch_ended or stopping or self.should_stop:
                         break
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
         summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
+        self.callbacks.run_end(self, summary)
         return summary

@@ -15,6 +15,9 @@ from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
 CLIP_SOURCES = ("sample_clips", "clips")
 """Data sources that give clips (for video models) rather than images."""
 
+TrackerName = Literal["jsonl", "tensorboard", "csv", "wandb", "mlflow"]
+"""Where a run's records can go (:mod:`mimkit.engine.trackers`); ``metrics.jsonl`` is written in any case."""
+
 
 def check_min_max(name: str, bounds: tuple[float, float], rule: str = "min <= max") -> None:
     """A ``(min, max)`` range field (each bound already range-checked by its type) must not be reversed."""
@@ -113,6 +116,10 @@ class LoopFields(Settings):
     max_steps: Count | None = None
     """Stop after this many optimizer steps (the schedule still spans ``epochs``); a checkpoint is written."""
     log_every: Count = 10
+    trackers: list[TrackerName] = field(default_factory=lambda: ["tensorboard"])
+    """Where the records go besides ``metrics.jsonl`` (always written): ``tensorboard``, ``csv`` (``metrics.csv``),
+    ``wandb`` (offline unless ``WANDB_MODE`` says otherwise), ``mlflow`` (``MLFLOW_TRACKING_URI`` or a file store in
+    the run folder); [] for ``metrics.jsonl`` alone. May change on resume. See ``docs/trackers.md``."""
     checkpoint_every: NonNegativeInt = 0
     """Also write ``last`` every this many steps, for a mid-epoch resume (0: only at the end of each epoch)."""
     keep_checkpoints: NonNegativeInt = 2

@@ -1,4 +1,4 @@
-"""Run records: a JSON-lines metrics log, TensorBoard events, progress on the terminal and a log file.
+"""Run records: the metrics log and the trackers, progress on the terminal and a log file.
 
 Only the main process writes. On a terminal a rich progress bar shows loss, lr and images/s; otherwise (CI, log
 files) plain lines with a timestamp and an ETA are printed every ``log_every`` steps. The run's ``log.txt``
@@ -7,73 +7,82 @@ receives those lines and every message, timestamped, in both cases.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.run_folder import METRICS_NAME
+from mimkit.engine.trackers import open_tracker
+from mimkit.engine.trackers.base import Tracker, TrackerContext, hwc_uint8
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` plus TensorBoard scalars ``<tag>/<name>`` under ``tensorboard/``.
+    """A run's records: ``metrics.jsonl`` (always) and the backends of ``train.trackers``
+    (:mod:`mimkit.engine.trackers`), TensorBoard scalars ``<tag>/<name>`` under ``tensorboard/`` by default.
 
     On resume (``resume_step``: the checkpoint's step) the records of later steps, which the run will redo, are
-    dropped by an atomic rewrite, and TensorBoard hides its events after that step. A line that cannot be read (a
-    write torn by a kill or a full disk) is dropped too and reported in :attr:`notes`.
+    dropped from the record files by an atomic rewrite, and TensorBoard hides its events after that step. A line
+    that cannot be read (a write torn by a kill or a full disk) is dropped too and reported in :attr:`notes`.
+    ``config`` (the run's resolved config) goes to the backends that show one.
     """
 
-    def __init__(self, output: Path, enabled: bool, resume_step: int | None = None, tag: str = "pretrain") -> None:
+    def __init__(
+        self,
+        output: Path,
+        enabled: bool,
+        resume_step: int | None = None,
+        tag: str = "pretrain",
+        trackers: Iterable[str] = ("tensorboard",),
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.path = output / METRICS_NAME
         self.tag = tag
-        self.writer = None
+        self.trackers: list[Tracker] = []
         self.notes: list[str] = []
         if not enabled:
             return
         output.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
-        from torch.utils.tensorboard import SummaryWriter
+        context = TrackerContext(output, resume_step)
+        try:
+            for name in dict.fromkeys(["jsonl", *trackers]):
+                self.trackers.append(open_tracker(name, context))
+                if config is not None:
+                    self.trackers[-1].log_config(config)
+        except BaseException:
+            self.close(failed=True)
+            raise
+        self.notes = [note for tracker in self.trackers for note in tracker.notes]
 
-        # Records are written at the step reached by the update, so the checkpoint's own step stays.
-        purge_step = None if resume_step is None else resume_step + 1
-        self.writer = SummaryWriter(str(output / "tensorboard"), purge_step=purge_step)
-
-    def _truncate_after(self, step: int) -> None:
-        kept, torn = [], 0
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                torn += 1
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        if torn:
-            self.notes.append(
-                f"warning: {self.path}: dropped {torn} unreadable line(s) (a write torn by a kill or a full disk)"
-            )
-        atomic_write(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
-
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Record the numbers of ``record`` (at least its ``step``) in every backend."""
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key not in ("step", "epoch") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{self.tag}/{key}", value, record["step"])
+        scalars = {
+            name: value
+            for name, value in record.items()
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        for tracker in self.trackers:
+            tracker.log_scalars(record["step"], scalars, self.tag)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def image(self, step: int, name: str, image: Any) -> None:
+        """Show a picture (``(H, W, C)`` uint8 or ``(C, H, W)`` float in [0, 1]) as ``<tag>/<name>`` at ``step``."""
+        if not self.enabled:
+            return
+        picture = hwc_uint8(image)
+        for tracker in self.trackers:
+            tracker.log_image(step, f"{self.tag}/{name}", picture)
+
+    def close(self, failed: bool = False) -> None:
+        """End every backend; ``failed``: the run stopped on an error (W&B and MLflow mark their run so)."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(failed)
 
 
 def clock() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +28,13 @@ from mimkit.data import (
 from mimkit.data.shards import open_shards
 from mimkit.data.sources import ImageSource
 from mimkit.data.video import ClipTransform, build_clip_source
+from mimkit.engine.callbacks import Callback, CallbackList
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.config import DataSection, PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
-from mimkit.engine.distributed import DistInfo, init_distributed, mean_across_processes, sum_across_processes
+from mimkit.engine.distributed import DistInfo, init_distributed, sum_across_processes
+from mimkit.engine.loss_terms import StepLosses, split_loss
+from mimkit.engine.metrics import MetricsLog
 from mimkit.engine.optim import build_optimizer, build_scheduler, effective_lr
 from mimkit.engine.precision import Precision
 from mimkit.engine.resume_config import RunGeometry
@@ -48,7 +51,7 @@ from mimkit.engine.strategy import parallelize
 from mimkit.errors import MimkitError, NonFiniteLossError
 from mimkit.methods.base import PretrainingModel
 from mimkit.models import create_model
-from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
+from mimkit.visualize import grid_picture, reconstruction_grid, save_picture
 
 SAMPLE_CROPS_PER_EPOCH = 512
 
@@ -102,6 +105,7 @@ class Pretrainer:
 
     ``resume``, ``overwrite`` and ``allow_changes``: see :class:`~mimkit.engine.run_session.RunSession`. Building
     a Pretrainer reads and checks but writes nothing; :meth:`run` takes the output folder and trains.
+    ``callbacks``: :class:`~mimkit.engine.callbacks.Callback` instances called at the run's events.
     """
 
     def __init__(
@@ -110,9 +114,13 @@ class Pretrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         self.dist: DistInfo = init_distributed(config.train.device)
+        self.callbacks = CallbackList(callbacks, self.dist.is_main, self.dist.device)
+        self.should_stop = False
+        """Set by a callback to end the run after the current step (see :mod:`mimkit.engine.callbacks`)."""
         self.output = Path(config.output)
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag="pretrain")
         self.checkpoint_path = self.session.folder.last_checkpoint
@@ -187,7 +195,7 @@ class Pretrainer:
     def _save(self) -> Path:
         record = to_dict(self.config)
         record["resolved_model"] = to_dict(self.model.config)
-        return self.session.save(
+        path = self.session.save(
             "last",
             self.model,
             record,
@@ -197,8 +205,11 @@ class Pretrainer:
             keep=self.config.train.keep_checkpoints,
             scaler=self.precision.state(),
         )
+        self.callbacks.checkpoint(self, path)
+        return path
 
-    def _write_reconstructions(self, name: str) -> Path | None:
+    def _reconstructions(self) -> torch.Tensor | None:
+        """The reconstruction picture of the fixed images, ``(C, H, W)`` in [0, 1], on the main process."""
         if self.viz_images is None or not (self.dist.is_main or self.parallel.sharded):
             return None  # a sharded model's forward is collective: every process runs it, the main one saves
         tiles = reconstruction_grid(
@@ -208,12 +219,10 @@ class Pretrainer:
             self.config.data.std,
             noise=self.viz_noise.to(self.dist.device),
         )
-        if not self.dist.is_main:
-            return None
-        return save_reconstruction_grid(tiles.cpu(), self.output / "reconstructions" / f"{name}.png")
+        return grid_picture(tiles.cpu()) if self.dist.is_main else None
 
-    def _accumulate(self, batch: dict, micro: int, noise: torch.Tensor) -> torch.Tensor:
-        """Forward/backward of micro-batch ``micro`` of the current step; returns its detached loss.
+    def _accumulate(self, batch: dict, micro: int, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward/backward of micro-batch ``micro`` of the current step; returns its detached loss and loss parts.
 
         ``noise`` holds the masking noise of the whole global step; this process takes its rows.
         """
@@ -224,16 +233,17 @@ class Pretrainer:
         sync = self.parallel.gradient_sync(last_micro)
         with sync:
             with self.precision.autocast():
-                loss = self.step_module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))[
-                    "loss"
-                ]
+                loss, terms = split_loss(
+                    self.step_module(images, noise=noise[first : first + train.batch_size].to(self.dist.device))
+                )
             self.precision.backward(loss / train.accum_steps)
-        return loss.detach().float()
+        return terms
 
-    def _apply_update(self, loss_sum: torch.Tensor) -> float:
+    def _apply_update(self, losses: StepLosses) -> dict[str, float]:
         """Check the step's loss (averaged over micro-batches and processes), then step the optimizer (under fp16 the
-        scaler may skip the update for overflowing gradients: counted, not fatal)."""
-        loss_value = mean_across_processes(loss_sum / self.config.train.accum_steps).item()
+        scaler may skip the update for overflowing gradients: counted, not fatal). Returns the step's loss terms."""
+        terms = losses.mean(self.config.train.accum_steps)
+        loss_value = terms["loss"]
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(
@@ -241,7 +251,7 @@ class Pretrainer:
                 f"stopping without applying this update. {self.session.last_good()}"
             )
         self.precision.step(self.model, self.optimizer, self.scheduler, self.position.step, self.config.optim.clip_grad)
-        return loss_value
+        return terms
 
     def run(self) -> RunSummary:
         train = self.config.train
@@ -251,6 +261,7 @@ class Pretrainer:
         summary = RunSummary(output=self.output, metrics=self.output / METRICS_NAME if main else None)
         if self.session.finished(self.position.step, stop_at, self.total_steps):
             summary.checkpoint, summary.steps = self.session.resume_path, self.position.step
+            self.callbacks.run_end(self, summary)
             return summary
         self.model.train()
         with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
@@ -258,12 +269,12 @@ class Pretrainer:
             progress,
         ):
             timer = StepTimer(self.dist.device)
-            while self.position.step < stop_at:
+            while self.position.step < stop_at and not self.should_stop:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch * train.accum_steps)
                 steps_before = self.position.step
                 window_start, window_images = time.perf_counter(), 0
-                micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
+                micro, losses = 0, StepLosses()
                 for batch in timer.batches(self.loader):
                     summary.skipped_images += batch["skipped"]
                     if micro == 0:
@@ -271,46 +282,52 @@ class Pretrainer:
                         noise = self.model.sample_noise(
                             self.geometry.images_per_step, tuple(batch["image"].shape[-2:]), generator
                         )
-                    loss_sum += self._accumulate(batch, micro, noise)
+                    losses.add(self._accumulate(batch, micro, noise))
                     micro += 1
                     if micro < train.accum_steps:
                         continue
-                    loss = self._apply_update(loss_sum)
+                    terms = self._apply_update(losses)
                     window_images += self.geometry.images_per_step
-                    micro, loss_sum = 0, torch.zeros((), device=self.dist.device)
+                    micro = 0
                     epoch_ended = advance(self.position, self.steps_per_epoch)
-                    summary.last_loss = loss
+                    summary.last_loss = terms["loss"]
                     lr = self.optimizer.param_groups[0]["lr"]
                     speed = window_images / max(time.perf_counter() - window_start, 1e-9)
-                    record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": speed}
-                    report_step(metrics, progress, timer, self.precision, record, speed)
-                    if epoch_ended or self.position.step >= stop_at:
+                    record = {"step": self.position.step, "epoch": epoch, **terms, "lr": lr}
+                    record = report_step(metrics, progress, timer, self.precision, record, speed)
+                    self.callbacks.step(self, record)
+                    if epoch_ended or self.position.step >= stop_at or self.should_stop:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.checkpoint = self._save()
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
                 if self.position.epoch > epoch:
                     summary.checkpoint = self._save()
-                    self._add_picture(summary, f"epoch_{epoch:04d}")
+                    self._add_picture(summary, f"epoch_{epoch:04d}", metrics)
                     progress.message(
                         f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}"
                     )
+                    self.callbacks.epoch_end(self, epoch, record)
             if summary.checkpoint is None or self.position.step_in_epoch:
                 summary.checkpoint = self._save()
             if self.position.step_in_epoch:
-                self._add_picture(summary, f"epoch_{self.position.epoch:04d}_step_{self.position.step:08d}")
+                name = f"epoch_{self.position.epoch:04d}_step_{self.position.step:08d}"
+                self._add_picture(summary, name, metrics)
             skipped = torch.tensor(summary.skipped_images, device=self.dist.device)
             summary.skipped_images = int(sum_across_processes(skipped).item())
             if summary.skipped_images:
                 progress.message(f"warning: skipped {summary.skipped_images} unreadable or truncated image loads")
         summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
+        self.callbacks.run_end(self, summary)
         return summary
 
-    def _add_picture(self, summary: RunSummary, name: str) -> None:
-        picture = self._write_reconstructions(name)
+    def _add_picture(self, summary: RunSummary, name: str, metrics: MetricsLog) -> None:
+        """Write the reconstruction picture ``reconstructions/<name>.png`` and show it in the trackers."""
+        picture = self._reconstructions()
         if picture is not None:
-            summary.reconstructions.append(picture)
+            summary.reconstructions.append(save_picture(picture, self.output / "reconstructions" / f"{name}.png"))
+            metrics.image(self.position.step, "reconstructions", picture)
 
 
 def pretrain(

@@ -34,6 +34,7 @@ HARMLESS_FIELDS = frozenset(
         "train.compile",
         "train.activation_checkpointing",
         "train.log_every",
+        "train.trackers",
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.visualize_images",
@@ -72,12 +73,13 @@ class RunGeometry:
     steps_per_epoch: int
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+def flat_fields(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted fields: ``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flat_fields(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -103,10 +105,10 @@ def config_changes(cls: type[T], stored: dict[str, Any], config: T) -> list[Conf
     """Every field whose value in ``config`` differs from the checkpoint's config record ``stored`` (both read
     through ``cls``, so fields a record predates count at their defaults)."""
     try:
-        before = _flatten(to_dict(from_dict(cls, run_fields(cls, stored))))
+        before = flat_fields(to_dict(from_dict(cls, run_fields(cls, stored))))
     except ConfigError as err:
         raise ConfigError(f"the checkpoint's stored config is not valid any more: {err}") from err
-    after = _flatten(to_dict(config))
+    after = flat_fields(to_dict(config))
     missing = object()
     return [
         ConfigChange(name, before.get(name), after.get(name))
@@ -138,7 +140,7 @@ def resume_config(
     merged = json.loads(json.dumps(run_fields(cls, stored)))
     for name in PER_INVOCATION_FIELDS:
         _set_field(merged, name, None)
-    for name, value in _flatten(requested).items():
+    for name, value in flat_fields(requested).items():
         _set_field(merged, name, value)
     config = from_dict(cls, merged)
     check_resume_changes(cls, stored, config, allow_changes, source or "the checkpoint")

@@ -30,11 +30,20 @@ CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.safetensors"
 LAST_SHARDED = "last.dcp"
 """An FSDP run's latest sharded checkpoint: a link to its ``step_NNNNNNNN.dcp`` folder."""
-RUN_ENTRIES = (CHECKPOINTS, METRICS_NAME, "tensorboard", "reconstructions", CONFIG_NAME, LOG_NAME)
+CSV_METRICS_NAME = "metrics.csv"
+TRACKER_RUNS_NAME = "trackers.json"
+"""The ids of a run's W&B and MLflow runs, so that a resumed run logs into the same tracker runs."""
+MLFLOW_FOLDER = "mlruns"
+TRACKER_ENTRIES = (CSV_METRICS_NAME, "wandb", MLFLOW_FOLDER, TRACKER_RUNS_NAME)
+"""What the optional trackers write (``mimkit.engine.trackers``): the CSV table, the W&B folder (W&B names it),
+the default MLflow file store and the ids of the tracker runs."""
+RUN_ENTRIES = (CHECKPOINTS, METRICS_NAME, "tensorboard", "reconstructions", CONFIG_NAME, LOG_NAME, *TRACKER_ENTRIES)
 """What a run writes into its folder; ``overwrite`` removes exactly these (other files are left alone)."""
 TEMPORARY_PATTERNS = (
     f".{METRICS_NAME}.*.tmp",
     f".{CONFIG_NAME}.*.tmp",
+    f".{CSV_METRICS_NAME}.*.tmp",
+    f".{TRACKER_RUNS_NAME}.*.tmp",
     f"{CHECKPOINTS}/.*.safetensors.*.tmp",
     f"{CHECKPOINTS}/.*.dcp*.tmp",
 )

@@ -25,6 +25,7 @@ from mimkit.engine.run_folder import RunFolder
 from mimkit.engine.sharded_checkpoint import is_sharded, load_sharded, read_sharded_record, save_sharded
 from mimkit.engine.step_timer import StepTimer
 from mimkit.engine.strategy import full_state_dict, is_sharded_model
+from mimkit.engine.trackers import check_trackers_installed
 from mimkit.errors import CheckpointError, MimkitError, NonFiniteError
 
 
@@ -53,6 +54,7 @@ class RunSession:
         self.allow_changes = allow_changes
         self.tag = tag
         self.resume_path = resume_checkpoint(self.folder.path, resume) if resume is not None else None
+        check_trackers_installed(config.train.trackers)
         if dist.is_main:
             self.folder.check_start(self.resume_path, overwrite)
         self.notes: list[str] = []
@@ -141,12 +143,14 @@ class RunSession:
         """Hold the run folder (main process: lock, refuse or clear an earlier run, remove stale temporary files,
         write ``config.yaml``) and its records while the loop runs; ``summary`` starts the log."""
         main = self.dist.is_main
+        config = to_dict(self.config)
         with ExitStack() as stack:
             if main:
-                stack.enter_context(self.folder.session(self.resume_path, self.overwrite, to_dict(self.config)))
+                stack.enter_context(self.folder.session(self.resume_path, self.overwrite, config))
             barrier()
-            metrics = MetricsLog(self.folder.path, main, step if self.resuming else None, tag=self.tag)
-            stack.callback(metrics.close)
+            resume_step = step if self.resuming else None
+            metrics = MetricsLog(self.folder.path, main, resume_step, self.tag, self.config.train.trackers, config)
+            stack.push(lambda error_type, *_: metrics.close(failed=error_type is not None))
             progress = ProgressDisplay(stop_at, step, main, log_every, self.tag, self.folder.log_path)
             stack.callback(progress.close)
             removed = self.folder.removed_temporaries
@@ -217,16 +221,18 @@ def report_step(
     precision: Precision,
     record: dict[str, Any],
     images_per_s: float,
-) -> None:
-    """Record a finished optimizer step (``record`` holds at least its step, epoch, loss and lr): its data and step
-    times and, under fp16, the scaler's fields join it in the metrics log; the progress display shows it, with a
-    line where the fp16 scaler skipped the update."""
+) -> dict[str, Any]:
+    """Record a finished optimizer step (``record`` holds at least its step, epoch, loss and lr): its throughput,
+    data and step times and, under fp16, the scaler's fields join it in the metrics log; the progress display shows
+    it, with a line where the fp16 scaler skipped the update. Returns the record written."""
     step = record["step"]
     timing = timer.step_done(progress.log_point(step))
-    metrics.write({**record, **timing, **precision.record()})
+    full = {**record, "images_per_s": images_per_s, **timing, **precision.record()}
+    metrics.write(full)
     progress.update(step, record["epoch"], record["loss"], record["lr"], images_per_s, timing)
     if note := precision.overflow_note(step):
         progress.message(note)
+    return full
 
 
 def advance(position: TrainPosition, steps_per_epoch: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from timm.optim import Lars
 
 from mimkit.config_schema import to_dict
 from mimkit.data import AugmentedDataset, StepSampler, batch_loader
+from mimkit.engine.callbacks import Callback, CallbackList
 from mimkit.engine.checkpoint import TrainPosition
 from mimkit.engine.distributed import init_distributed, mean_across_processes, sum_across_processes
 from mimkit.engine.metrics import MetricsLog, ProgressDisplay
@@ -75,6 +77,7 @@ class TransferTrainer:
 
     ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining
     (:class:`~mimkit.engine.run_session.RunSession`); a resumed run continues exactly, mid-epoch included.
+    ``callbacks``: :class:`~mimkit.engine.callbacks.Callback` instances called at the run's events.
     """
 
     def __init__(
@@ -83,10 +86,14 @@ class TransferTrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
         train, data = config.train, config.data
         self.dist = init_distributed(train.device)
+        self.callbacks = CallbackList(callbacks, self.dist.is_main, self.dist.device)
+        self.should_stop = False
+        """Set by a callback to end the run after the current step (see :mod:`mimkit.engine.callbacks`)."""
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=config.protocol)
         seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
@@ -213,7 +220,7 @@ class TransferTrainer:
             "resolved_model": self.resolved_model,
         }
         last = name == "last"
-        return self.session.save(
+        path = self.session.save(
             name,
             self.model,
             record,
@@ -223,8 +230,13 @@ class TransferTrainer:
             keep=self.config.train.keep_checkpoints if last else 0,
             scaler=self.precision.state() if last else None,
         )
+        self.callbacks.checkpoint(self, path)
+        return path
 
-    def _validate(self, epoch: int, summary: TransferSummary, metrics: MetricsLog, progress: ProgressDisplay) -> None:
+    def _validate(
+        self, epoch: int, summary: TransferSummary, metrics: MetricsLog, progress: ProgressDisplay
+    ) -> dict[str, float]:
+        """Score the validation images, record the scores and write ``best`` where top-1 is the best so far."""
         top1, top5 = self.evaluate()
         summary.last_top1, summary.last_top5 = top1, top5
         record = {"step": self.position.step, "epoch": epoch, "val_top1": top1, "val_top5": top5}
@@ -235,6 +247,8 @@ class TransferTrainer:
             summary.best_checkpoint = self._save("best")
         summary.best_top1 = self.best_top1
         progress.message(f"epoch {epoch}: val top-1 {top1:.2f}%  top-5 {top5:.2f}%  (best {self.best_top1:.2f}%)")
+        self.callbacks.eval(self, record)
+        return record
 
     def run(self) -> TransferSummary:
         train = self.config.train
@@ -245,13 +259,14 @@ class TransferTrainer:
         stop_at = self.session.stop_at(self.total_steps)
         if self.session.finished(self.position.step, stop_at, self.total_steps):
             summary.steps = self.position.step
+            self.callbacks.run_end(self, summary)
             return summary
         with self.session.records(self.position.step, stop_at, train.log_every, self.describe()) as (
             metrics,
             progress,
         ):
             timer = StepTimer(self.dist.device)
-            while self.position.step < stop_at:
+            while self.position.step < stop_at and not self.should_stop:
                 epoch = self.position.epoch
                 self.sampler.set_position(epoch, self.position.step_in_epoch)
                 self.model.train()
@@ -265,20 +280,25 @@ class TransferTrainer:
                     speed = self.geometry.images_per_step / max(now - window_start, 1e-9)
                     window_start = now
                     record = {"step": self.position.step, "epoch": epoch, "loss": loss, "lr": lr}
-                    report_step(metrics, progress, timer, self.precision, record, speed)
-                    if epoch_ended or self.position.step >= stop_at:
+                    record = report_step(metrics, progress, timer, self.precision, record, speed)
+                    self.callbacks.step(self, record)
+                    if epoch_ended or self.position.step >= stop_at or self.should_stop:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                         summary.last_checkpoint = self._save("last")
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
                 epoch_done = self.position.epoch > epoch
-                stopping = self.position.step >= stop_at
+                stopping = self.position.step >= stop_at or self.should_stop
+                scores = {}
                 if stopping or (epoch_done and train.eval_every and (epoch + 1) % train.eval_every == 0):
-                    self._validate(epoch, summary, metrics, progress)
+                    scores = self._validate(epoch, summary, metrics, progress)
                 if epoch_done or stopping:
                     summary.last_checkpoint = self._save("last")
+                if epoch_done:
+                    self.callbacks.epoch_end(self, epoch, {**record, **scores})
         summary.steps = self.position.step
         summary.seconds = time.perf_counter() - start
+        self.callbacks.run_end(self, summary)
         return summary
 
 
