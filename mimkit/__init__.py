@@ -3,8 +3,7 @@
 ``import mimkit`` is light (no torch), so the command line can answer ``--help`` and validate a config at once.
 The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models`` and
 ``mimkit.model_config``; loading the models also registers mimkit's encoders in timm (as ``import mimkit.export``
-does).
-"""
+does). ``mimkit.Callback`` is the base of the training loops' callbacks."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ _LAZY = {
     "create_encoder": "mimkit.models",
     "list_models": "mimkit.model_configs.registry",
     "model_config": "mimkit.model_configs.registry",
+    "Callback": "mimkit.engine.callbacks",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -21,6 +21,7 @@ from mimkit.engine.config import load_pretrain_config
 from mimkit.engine.pretrain import Pretrainer, pretrain
 from mimkit.engine.run_folder import LOCK_NAME
 from tests.conftest import tiny_overrides
+from tests.transfer_files import TINY_RGB_ENCODER
 
 PROGRESS_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  step \d+/\d+  epoch .* eta \d+:\d\d:\d\d$", re.M)
 
@@ -238,18 +239,10 @@ def test_fine_tuning_resumes_mid_epoch_exactly(tmp_path, capsys):
     mid-epoch and resumed gives the same losses and validation scores as one that ran through."""
     train, val = _class_folders(tmp_path / "data")
     common = [
-        "model.args.patch_size=8",
-        "model.args.embed_dim=32",
-        "model.args.depth=2",
-        "model.args.num_heads=2",
+        *TINY_RGB_ENCODER,
         "data.source=folder",
         f"data.train_path={train}",
         f"data.val_path={val}",
-        "data.img_size=32",
-        "data.in_chans=3",
-        "data.mean=[0.5,0.5,0.5]",
-        "data.std=[0.25,0.25,0.25]",
-        "data.num_workers=0",
         "train.batch_size=4",
         "train.epochs=2",
         "train.log_every=1",

@@ -12,6 +12,19 @@ from PIL import Image
 
 from mimkit.cli import main
 
+TINY_RGB_ENCODER = [
+    "model.args.patch_size=8",
+    "model.args.embed_dim=32",
+    "model.args.depth=2",
+    "model.args.num_heads=2",
+    "data.img_size=32",
+    "data.in_chans=3",
+    "data.mean=[0.5,0.5,0.5]",
+    "data.std=[0.25,0.25,0.25]",
+    "data.num_workers=0",
+]
+"""Transfer overrides for a tiny random-init ViT on RGB images resized to 32 px (read in the main process)."""
+
 
 def pretrain_checkpoint(output: Path, *overrides: str) -> Path:
     """One pretraining step through the command line into ``output``; returns its checkpoint."""

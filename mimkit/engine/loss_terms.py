@@ -14,13 +14,13 @@ from mimkit.engine.distributed import mean_across_processes
 
 def split_loss(out: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A model output's ``loss``, to backpropagate, and its record terms: ``loss`` and every scalar ``loss_*``
-    entry, detached, in fp32."""
-    terms = {
+    entry, detached, in fp32 (``loss`` first, then the parts in the model's order)."""
+    parts = {
         name: value.detach().float()
         for name, value in out.items()
-        if (name == "loss" or name.startswith("loss_")) and torch.is_tensor(value) and value.dim() == 0
+        if name.startswith("loss_") and torch.is_tensor(value) and value.dim() == 0
     }
-    return out["loss"], terms
+    return out["loss"], {"loss": out["loss"].detach().float(), **parts}
 
 
 class StepLosses:
