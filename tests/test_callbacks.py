@@ -1,6 +1,7 @@
-"""Callbacks (``mimkit.Callback``): the training loops call them at their events, in order, with the step's record;
-a callback that sets ``trainer.should_stop`` ends the run cleanly with a checkpoint that a resume continues exactly,
-also under torchrun where only the main process runs callbacks (tiny runs, seconds each)."""
+"""Callbacks (``mimkit.Callback``): the pretraining, transfer and dense loops call them at their events, in order,
+with the step's or the validation's record; a callback that sets ``trainer.should_stop`` ends the run cleanly with a
+checkpoint that a resume continues exactly, also under torchrun where only the main process runs callbacks (tiny
+runs, seconds each)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.config import load_pretrain_config
 from mimkit.engine.pretrain import Pretrainer
 from mimkit.errors import MimkitError
-from tests.conftest import tiny_overrides
+from tests.conftest import needs_fashion_mnist, tiny_overrides
 
 
 class Recorder(mimkit.Callback):
@@ -139,3 +140,46 @@ def test_an_early_stop_on_the_main_process_stops_every_process(tmp_path):
         "rank 1 stopped at 3",
     ]
     assert load_checkpoint(output / "checkpoints" / "last.safetensors").position.step == 3
+
+
+class StopAtTheFirstEvaluation(Recorder):
+    def on_eval(self, trainer, record):
+        super().on_eval(trainer, record)
+        trainer.should_stop = True
+
+
+@needs_fashion_mnist
+def test_a_segmentation_run_stops_after_the_evaluation_a_callback_saw_and_resumes(tmp_path):
+    from mimkit.dense.config import load_segment_config
+    from mimkit.dense.demo_set import write_dense_demo
+    from mimkit.dense.segmentation_task import SegmentationTask
+    from mimkit.dense.trainer import DenseTrainer
+
+    demo = write_dense_demo(tmp_path / "demo", train_images=4, val_images=2, canvas=64)
+    output = tmp_path / "segment"
+    overrides = [
+        f"data.path={demo.ade_root}",
+        f"data.num_classes={demo.ade_num_classes}",
+        "data.img_size=64",
+        "data.num_workers=0",
+        "train.batch_size=2",
+        "train.visualize_images=0",
+        "train.iterations=6",
+        "train.eval_every=2",
+        f"output={output}",
+    ]
+    recorder = StopAtTheFirstEvaluation()
+    summary = DenseTrainer(SegmentationTask, load_segment_config(None, overrides), callbacks=[recorder]).run()
+    assert summary.steps == 2
+    assert [e[:2] for e in recorder.events] == [
+        ("step", 1),
+        ("step", 2),
+        ("eval", 2),
+        ("checkpoint", "last.safetensors"),
+        ("epoch_end", 0),
+        ("run_end", 2),
+    ]
+    assert "mIoU" in recorder.events[2][2]
+    assert main(["segment", "--output", str(output), "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 4, 4, 5, 6, 6]  # each step's record, and an evaluation's at steps 2, 4 and 6
