@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class TransferTrainer:
 
     ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining
     (:class:`~mimkit.engine.run_session.RunSession`); a resumed run continues exactly, mid-epoch included.
+    ``dataset`` and ``val_dataset``: the ``(image, label)`` datasets of a ``data.source: python`` run
+    (:func:`mimkit.finetune`); ``callbacks``: objects told of the run's events.
     """
 
     def __init__(
@@ -83,14 +86,19 @@ class TransferTrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        *,
+        dataset: object | None = None,
+        val_dataset: object | None = None,
+        callbacks: Sequence[object] = (),
     ) -> None:
         self.config = config
+        self.callbacks = list(callbacks)
         train, data = config.train, config.data
         self.dist = init_distributed(train.device)
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=config.protocol)
         seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
-        self.train_source, self.val_source, self.num_classes = labelled_sources(data)
+        self.train_source, self.val_source, self.num_classes = labelled_sources(data, dataset, val_dataset)
 
         args = {**config.model.args, **encoder_data_args(data)}
         if config.protocol == "finetune":
