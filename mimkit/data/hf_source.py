@@ -24,8 +24,21 @@ from mimkit.data.items import as_image, as_label, class_indices
 from mimkit.data.sources import ImageSource, existing_folder
 from mimkit.errors import DataError, MimkitError
 
-SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
-"""What ``save_to_disk`` writes at the top of its folder: a ``DatasetDict``'s index or a ``Dataset``'s state."""
+SAVED_SPLITS, SAVED_DATASET = "dataset_dict.json", "state.json"
+"""What ``save_to_disk`` writes at the top of its folder: a ``DatasetDict``'s index, or a single ``Dataset``'s
+state."""
+
+
+def validation_root(train_root: str | None, val_root: str | None) -> str | None:
+    """The dataset folder a labelled run validates on: ``val_root``, else the training folder's other split, which a
+    single saved ``Dataset`` does not have (validating on the training images is refused)."""
+    if val_root or not train_root:
+        return val_root or train_root
+    if (Path(train_root) / SAVED_DATASET).is_file():
+        raise DataError(
+            f"{train_root} holds one saved Dataset, not splits; name the validation dataset with data.val_path"
+        )
+    return train_root
 
 
 def import_datasets() -> Any:
@@ -57,7 +70,7 @@ def open_split(root: str | Path, split: str, setting: str = "data.split") -> Any
     datasets = import_datasets()
     root = existing_folder(root, "dataset")
     with _quiet(datasets):
-        if any((root / name).is_file() for name in SAVED_DATASET_FILES):
+        if any((root / name).is_file() for name in (SAVED_SPLITS, SAVED_DATASET)):
             loaded = datasets.load_from_disk(str(root))
         else:
             try:

@@ -13,6 +13,7 @@ from torchvision import transforms as T
 
 from mimkit.data.catalog import PATH_NEEDED, open_source
 from mimkit.data.dataset_source import python_dataset
+from mimkit.data.hf_source import validation_root
 from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource
 from mimkit.data.transforms import ConvertMode, eval_transform
 from mimkit.data.video import ClipFolder, ClipTransform
@@ -94,7 +95,8 @@ def _split_sources(
     if data.source == "fashion_mnist":
         return FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
     if data.source in PATH_NEEDED:  # filelist, hf_datasets (whose val_path defaults to the training dataset's)
-        val_path = data.val_path or (data.train_path if data.source == "hf_datasets" else None)
+        hf = data.source == "hf_datasets"
+        val_path = validation_root(data.train_path, data.val_path) if hf else data.val_path
         return tuple(
             open_source(data.source, path, split, data.image_column, data.label_column, True, setting)
             for path, split, setting in (
