@@ -174,3 +174,12 @@ def test_finetuning_probing_and_knn_from_python_on_image_label_pairs(tmp_path):
     assert probe.steps == 1 and probe.last_checkpoint.is_file()
     result = mimkit.knn(None, train, val_dataset=val, overrides=[*TINY_ENCODER, "k=3"])
     assert (result.train_images, result.val_images) == (16, 8) and result.top1 >= 75
+
+
+def test_an_undecodable_picture_is_skipped_and_counted_like_an_unreadable_file(tmp_path):
+    """A float image holding NaN cannot be decoded (the rule for files): the run skips and counts it, even as the
+    first item, instead of stopping; only items of a wrong form stop a run."""
+    broken = Image.fromarray(np.full((24, 24), np.nan, np.float32))  # mode "F"
+    images = [broken, *(FlatImages()[i] for i in range(5))]
+    summary = mimkit.pretrain(None, images, overrides=tiny_overrides(tmp_path / "run", "train.epochs=1"))
+    assert summary.steps == 4 and summary.skipped_images > 0

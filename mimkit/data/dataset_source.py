@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from mimkit.data.items import as_image, as_label
+from mimkit.data.items import as_image, as_label, check_first_item
 from mimkit.data.sources import ImageSource
 from mimkit.engine.config_parts import PYTHON_LENGTH_FIELDS, PYTHON_SOURCE
 from mimkit.errors import DataError
@@ -44,7 +44,7 @@ class DatasetSource(ImageSource):
         self.dataset = dataset
         self.role = role
         self.labelled = labelled
-        self.load(0)  # a wrong item type fails here, before any worker starts
+        check_first_item(self.load)
         if labelled:
             self.labels = self._read_labels()
             classes = getattr(dataset, "classes", None)

@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from mimkit.data.items import as_image, as_label, class_indices
+from mimkit.data.items import as_image, as_label, check_first_item, class_indices
 from mimkit.data.sources import ImageSource, existing_folder
 from mimkit.errors import DataError, MimkitError
 
@@ -115,7 +115,7 @@ class HuggingFaceImages(ImageSource):
         self.image_column = image_column
         if len(self.images) == 0:
             raise DataError(f"{self.where} holds no rows")
-        self.load(0)  # a column of something else than images fails here
+        check_first_item(self.load)
         if labelled:
             self.labels, self.class_names = self._labels(table, label_column)
 

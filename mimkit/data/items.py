@@ -11,14 +11,14 @@ form it has: a float tensor outside [0, 1] is most likely already normalized, wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mimkit.data.decode import to_8bit
+from mimkit.data.decode import UNREADABLE_IMAGE_ERRORS, to_8bit
 from mimkit.errors import DataError
 
 IMAGE_FORMS = "PIL images, uint8 arrays (H, W[, C]) or tensors (C, H, W) (uint8, or float in [0, 1])"
@@ -70,6 +70,16 @@ def _tensor_image(pixels: torch.Tensor, where: str) -> Image.Image:
     elif pixels.dtype != torch.uint8:
         raise DataError(f"{where} is a {pixels.dtype} tensor; give uint8 tensors or float tensors in [0, 1]")
     return _array_image(pixels.permute(1, 2, 0).numpy(), where)
+
+
+def check_first_item(load: Callable[[int], Image.Image]) -> None:
+    """Read item 0 with ``load`` when a source is built, so that items of a wrong form fail at once (a
+    :class:`~mimkit.errors.DataError`); a picture that merely cannot be decoded is left to the data pipeline, which
+    skips and counts it as it does an unreadable file."""
+    try:
+        load(0)
+    except UNREADABLE_IMAGE_ERRORS:
+        return
 
 
 def as_label(value: Any, where: str) -> int:
