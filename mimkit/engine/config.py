@@ -41,7 +41,7 @@ class ModelSection(Settings):
 @dataclass
 class DataSection(ImageColumnFields, ImageDataFields):
     source: Literal[
-        "samples", "folder", "filelist", "hf_datasets", "fashion_mnist", "shards", "sample_clips", "clips", "python"
+        "samples", "folder", "fashion_mnist", "filelist", "hf_datasets", "shards", "sample_clips", "clips", "python"
     ] = "samples"
     """``samples``: scikit-image's photos; ``folder``: any folder of images; ``filelist``: a CSV (a ``path``
     column) or text file (a path per line) listing images; ``hf_datasets``: a local Hugging Face dataset
