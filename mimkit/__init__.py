@@ -3,7 +3,9 @@
 ``import mimkit`` is light (no torch), so the command line can answer ``--help`` and validate a config at once.
 The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models`` and
 ``mimkit.model_config``; loading the models also registers mimkit's encoders in timm (as ``import mimkit.export``
-does). ``mimkit.Callback`` is the base of the training loops' callbacks."""
+does). So does the training API (:mod:`mimkit.api`): ``mimkit.pretrain``, ``mimkit.finetune``, ``mimkit.linprobe``
+and ``mimkit.knn``; ``mimkit.Callback`` is the base of the training loops' callbacks.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ _LAZY = {
     "list_models": "mimkit.model_configs.registry",
     "model_config": "mimkit.model_configs.registry",
     "Callback": "mimkit.engine.callbacks",
+    "pretrain": "mimkit.api",
+    "finetune": "mimkit.api",
+    "linprobe": "mimkit.api",
+    "knn": "mimkit.api",
 }
 
 __all__ = ["__version__", *_LAZY]

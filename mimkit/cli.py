@@ -21,11 +21,13 @@ USER_MISTAKE = 2
 """Exit code of a user mistake (as argparse uses for a bad command line)."""
 ALL_METHODS = ["mae", "convmae", "mixmae", "localmim"]
 """What ``mimkit bench`` times without ``--methods``."""
+FILE_LIST_SUFFIXES = (".csv", ".txt")
+"""``--data`` naming such a file reads it as a file list (``data.source=filelist``)."""
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from mimkit.api import pretrainer
     from mimkit.config_schema import load_yaml
-    from mimkit.engine.config import PretrainConfig, load_pretrain_config
     from mimkit.engine.config_parts import CLIP_SOURCES
 
     overrides = list(args.overrides)
@@ -34,20 +36,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"data.path={args.data}")
         if not any(o.startswith("data.source=") for o in overrides):
             video = (load_yaml(config_path) if config_path else {}).get("data", {}).get("source") in CLIP_SOURCES
-            overrides.append(f"data.source={'clips' if video else 'folder'}")
+            listed = Path(args.data).suffix.lower() in FILE_LIST_SUFFIXES
+            overrides.append(f"data.source={'clips' if video else 'filelist' if listed else 'folder'}")
     if args.output:
         overrides.append(f"output={args.output}")
-    if args.resume:
-        from mimkit.engine.resume_config import load_resumed_config
-
-        resumed = load_resumed_config(PretrainConfig, config_path, overrides, args.resume, args.allow_changes)
-        config, checkpoint = resumed
-    else:
-        config, checkpoint = load_pretrain_config(config_path, overrides), None
-
-    from mimkit.engine.pretrain import Pretrainer
-
-    trainer = Pretrainer(config, checkpoint, args.overwrite, args.allow_changes)
+    trainer = pretrainer(
+        config_path, overrides=overrides, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes
+    )
     if args.dry_run:
         lines = [*trainer.describe(), *trainer.session.notes]
         print("\n".join([*lines, "dry run: stopped after the summary; nothing written"]))
@@ -58,7 +53,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"done: {summary.steps} steps in {summary.seconds:.1f} s, last loss {summary.last_loss:.4f}")
     print(f"checkpoint:      {summary.checkpoint}")
     print(f"metrics log:     {summary.metrics}")
-    if "tensorboard" in config.train.trackers:
+    if "tensorboard" in trainer.config.train.trackers:
         print(f"tensorboard:     {summary.output / 'tensorboard'}")
     if summary.reconstructions:
         print(f"reconstructions: {summary.reconstructions[-1]}")
@@ -75,21 +70,16 @@ def _transfer_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    from mimkit.eval.config import TransferConfig, load_transfer_config
+    from mimkit.api import transfer_trainer
 
-    config_path, overrides = resolve_config_path(args.config, args.command), _transfer_overrides(args)
-    if args.resume:
-        from mimkit.engine.resume_config import load_resumed_config
-
-        output = load_transfer_config(args.command, config_path, overrides).output  # linprobe's default differs
-        overrides += [f"output={output}", f"protocol={args.command}"]
-        config, checkpoint = load_resumed_config(TransferConfig, config_path, overrides, "auto", args.allow_changes)
-    else:
-        config, checkpoint = load_transfer_config(args.command, config_path, overrides), None
-
-    from mimkit.eval.transfer import TransferTrainer
-
-    trainer = TransferTrainer(config, checkpoint, args.overwrite, args.allow_changes)
+    trainer = transfer_trainer(
+        args.command,
+        args.config,
+        overrides=_transfer_overrides(args),
+        resume="auto" if args.resume else None,
+        overwrite=args.overwrite,
+        allow_changes=args.allow_changes,
+    )
     summary = trainer.run()
     if not trainer.dist.is_main:
         return 0
@@ -139,13 +129,9 @@ def _dense_demo(args: argparse.Namespace) -> int:
 
 
 def _knn(args: argparse.Namespace) -> int:
-    from mimkit.eval.config import load_knn_config
+    from mimkit.api import knn
 
-    config = load_knn_config(resolve_config_path(args.config, args.command), _transfer_overrides(args))
-
-    from mimkit.eval.knn import knn_evaluate
-
-    result = knn_evaluate(config)
+    result = knn(args.config, overrides=_transfer_overrides(args))
     print(
         f"kNN: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({result.train_images} training, "
         f"{result.val_images} validation images, {result.seconds:.1f} s)"
@@ -304,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", help="YAML config: a path, or a packaged recipe such as mae/vit_base_800ep")
     pre.add_argument(
         "--data",
-        help="a folder of images, or of clips for a video config (sets data.source=folder|clips and data.path)",
+        help="a folder of images, a .csv/.txt file list, or a folder of clips for a video config (sets data.path and "
+        "data.source=folder|filelist|clips)",
     )
     pre.add_argument("--output", help="output directory (sets output=...)")
     _add_run_options(pre, resume_from=True)

@@ -1,4 +1,5 @@
-"""Data: image sources (folders, the embedded sample photos, Fashion-MNIST), augmentation and sampling."""
+"""Data: image sources (folders, file lists, local Hugging Face datasets, datasets passed in Python, the embedded
+sample photos, Fashion-MNIST), augmentation and sampling."""
 
 from mimkit.data.dataset import AugmentedDataset, batch_loader, collate_items, load_readable
 from mimkit.data.sampler import StepSampler

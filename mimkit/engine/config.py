@@ -16,9 +16,11 @@ from mimkit.config_types import Count, NonNegativeInt
 from mimkit.engine.config_parts import (
     CLIP_SOURCES,
     AccumulationFields,
+    ImageColumnFields,
     ImageDataFields,
     LoopFields,
     OptimFields,
+    check_python_source,
     resolve_warmup,
 )
 from mimkit.model_configs.registry import model_config
@@ -37,15 +39,26 @@ class ModelSection(Settings):
 
 
 @dataclass
-class DataSection(ImageDataFields):
-    source: Literal["samples", "folder", "fashion_mnist", "shards", "sample_clips", "clips"] = "samples"
-    """``samples``: scikit-image's photos; ``folder``: any folder of images; ``fashion_mnist``: its idx files;
-    ``shards``: images written by ``mimkit shards`` (local or in object storage); ``sample_clips``: clips panned and
-    zoomed over the photos; ``clips``: a folder of clips (frame folders or video files). The clip sources need a video
-    model."""
+class DataSection(ImageColumnFields, ImageDataFields):
+    source: Literal[
+        "samples", "folder", "fashion_mnist", "filelist", "hf_datasets", "shards", "sample_clips", "clips", "python"
+    ] = "samples"
+    """``samples``: scikit-image's photos; ``folder``: any folder of images; ``filelist``: a CSV (a ``path``
+    column) or text file (a path per line) listing images; ``hf_datasets``: a local Hugging Face dataset
+    (``save_to_disk`` folder or ``imagefolder`` directory); ``fashion_mnist``: its idx files; ``shards``: images
+    written by ``mimkit shards`` (local or in object storage); ``sample_clips``: clips panned and zoomed over the
+    photos; ``clips``: a folder of clips (frame folders or video files). The clip sources need a video model.
+    ``python``: a dataset passed to :func:`mimkit.pretrain` (set by it, with ``python_length``)."""
     path: str | None = None
-    """The image folder (``folder``), the idx folder (``fashion_mnist``, default the Debian location), the shards
+    """The image folder (``folder``), the list file (``filelist``; relative paths in it are read from its folder),
+    the dataset folder (``hf_datasets``), the idx folder (``fashion_mnist``, default the Debian location), the shards
     (``shards``: a local folder or a URL such as ``s3://bucket/shards``) or the clip folder (``clips``)."""
+    split: str = "train"
+    """``hf_datasets``: the split to read (of a dataset with several, such as an ``imagefolder`` with train/ and
+    validation/ folders)."""
+    python_length: Count | None = None
+    """``python``: the number of items of the dataset passed in Python, recorded by :func:`mimkit.pretrain` so a
+    resume with another dataset is refused."""
     cache: str | None = None
     """``shards`` from a URL: the local folder the shards are downloaded to (required then; unused otherwise)."""
     canonical_nodes: Count = 1
@@ -59,6 +72,7 @@ class DataSection(ImageDataFields):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_python_source(self.source, {"python_length": self.python_length})
         if self.source != "shards":
             return
         if not self.path:

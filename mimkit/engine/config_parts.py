@@ -14,6 +14,23 @@ from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
 
 CLIP_SOURCES = ("sample_clips", "clips")
 """Data sources that give clips (for video models) rather than images."""
+PYTHON_SOURCE = "python"
+"""The data source of a dataset passed in Python (:mod:`mimkit.api`); the config records its length."""
+PYTHON_LENGTH_FIELDS = {"dataset": "python_length", "val_dataset": "python_val_length"}
+"""The data field that records the length of each dataset argument."""
+
+
+def check_python_source(source: str, lengths: dict[str, int | None]) -> None:
+    """``data.source: python`` and the recorded dataset lengths (``lengths``: field name to value) go together: the
+    functions of :mod:`mimkit.api` set both; a config file or the command line cannot give a dataset."""
+    if source == PYTHON_SOURCE and None in lengths.values():
+        raise ValueError(
+            f"data.source '{PYTHON_SOURCE}' reads a dataset passed in Python (mimkit.pretrain(config, dataset), "
+            "mimkit.finetune(...)); from the command line or a config file read folder, filelist or hf_datasets"
+        )
+    stray = [name for name, value in lengths.items() if value is not None and source != PYTHON_SOURCE]
+    if stray:
+        raise ValueError(f"data.{stray[0]} belongs to data.source '{PYTHON_SOURCE}'; leave it out for '{source}'")
 
 TrackerName = Literal["jsonl", "tensorboard", "csv", "wandb", "mlflow"]
 """Where a run's records can go (:mod:`mimkit.engine.trackers`); ``metrics.jsonl`` is written in any case."""
@@ -69,6 +86,14 @@ class ImageDataFields(ImageInputFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_min_max("crop_scale", self.crop_scale, "0 < min <= max <= 1")
+
+
+@dataclass
+class ImageColumnFields(Settings):
+    """Where a Hugging Face dataset (``data.source: hf_datasets``) holds its images."""
+
+    image_column: str = "image"
+    """The column of the images (``datasets.Image`` features, or arrays/tensors as :mod:`mimkit.data.items` reads)."""
 
 
 @dataclass

@@ -20,11 +20,12 @@ from mimkit.data import (
     AugmentedDataset,
     StepSampler,
     batch_loader,
-    build_source,
     eval_transform,
     load_readable,
     pretrain_transform,
 )
+from mimkit.data.catalog import open_source
+from mimkit.data.dataset_source import python_dataset
 from mimkit.data.shards import open_shards
 from mimkit.data.sources import ImageSource
 from mimkit.data.video import ClipTransform, build_clip_source
@@ -75,23 +76,27 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 7_368_787 + step) % (2**63))
 
 
-def data_pipeline(data: DataSection, seed: int) -> tuple[ImageSource, Callable, Callable, Callable]:
+def data_pipeline(
+    data: DataSection, seed: int, dataset: object | None = None
+) -> tuple[ImageSource, Callable, Callable, Callable]:
     """The source, the training augmentation, the deterministic transform of the reconstruction pictures and the
     normalization of a training batch on its device: the augmentation gives uint8 pixels, so loader workers pass on
     a quarter of the bytes (see :class:`~mimkit.data.transforms.PretrainTransform`). Clip sources get the same image
-    transforms applied to every sampled frame alike. Shards are read in ``seed``'s order."""
+    transforms applied to every sampled frame alike. Shards are read in ``seed``'s order. ``dataset``: the dataset
+    passed in Python, for ``data.source: python``."""
     frames = pretrain_transform(
         data.img_size, data.in_chans, data.mean, data.std, data.crop_scale, data.hflip, uint8=True
     )
     train, viz = frames, eval_transform(data.img_size, data.in_chans, data.mean, data.std)
+    source = python_dataset(dataset, data.source, data.python_length)
     if data.source == "shards":
         source = open_shards(data.path, data.cache, seed, data.samples_per_epoch, data.canonical_nodes)
     elif data.source in CLIP_SOURCES:
         source = build_clip_source(data.source, data.path)
         train = ClipTransform(frames, data.num_frames, data.frame_stride, random_start=True)
         viz = ClipTransform(viz, data.num_frames, data.frame_stride, random_start=False)
-    else:
-        source = build_source(data.source, data.path)
+    elif source is None:
+        source = open_source(data.source, data.path, data.split, data.image_column)
     return source, train, viz, frames.normalize_batch
 
 
@@ -104,8 +109,9 @@ class Pretrainer:
     """Runs :class:`PretrainConfig`; ``run()`` returns a :class:`RunSummary`.
 
     ``resume``, ``overwrite`` and ``allow_changes``: see :class:`~mimkit.engine.run_session.RunSession`. Building
-    a Pretrainer reads and checks but writes nothing; :meth:`run` takes the output folder and trains.
-    ``callbacks``: :class:`~mimkit.engine.callbacks.Callback` instances called at the run's events.
+    a Pretrainer reads and checks but writes nothing; :meth:`run` takes the output folder and trains. ``dataset``:
+    the images of a ``data.source: python`` run (:func:`mimkit.pretrain`). ``callbacks``:
+    :class:`~mimkit.engine.callbacks.Callback` instances called at the run's events.
     """
 
     def __init__(
@@ -114,6 +120,8 @@ class Pretrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        *,
+        dataset: object | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
@@ -127,7 +135,7 @@ class Pretrainer:
         train, data = config.train, config.data
         seed_global_generators(train.seed + self.dist.rank)
 
-        self.source, transform, viz_transform, self.normalize_batch = data_pipeline(data, train.seed)
+        self.source, transform, viz_transform, self.normalize_batch = data_pipeline(data, train.seed, dataset)
         dataset = AugmentedDataset(self.source, transform, seed=train.seed)
         self.micro_batch_global = train.batch_size * self.dist.world_size
         self.samples_per_epoch = data.samples_per_epoch or (

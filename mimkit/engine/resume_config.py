@@ -168,9 +168,16 @@ def resume_checkpoint(output: str | Path, resume: str | Path) -> Path:
 def load_resumed_config(
     cls: type[T], config_path: str | None, overrides: list[str], resume: str, allow_changes: bool
 ) -> tuple[T, Path]:
-    """The command line's resumed config and the checkpoint it resumes (``resume``: ``'auto'`` or a path). The
-    output folder is the command line's (or, for a checkpoint path without one, the stored run's)."""
+    """:func:`resumed_config` of the command line's config file and ``key=value`` overrides."""
     requested = apply_overrides(load_yaml(config_path) if config_path else {}, overrides)
+    return resumed_config(cls, requested, resume, allow_changes)
+
+
+def resumed_config(cls: type[T], requested: dict[str, Any], resume: str | Path, allow_changes: bool) -> tuple[T, Path]:
+    """The resumed config and the checkpoint it resumes (``resume``: ``'auto'`` or a path); ``requested`` is the
+    config mapping asked for (a file's sections with overrides applied). The output folder is the requested one (or,
+    for a checkpoint path without one, the stored run's)."""
+    requested = dict(requested)
     if resume == "auto":
         default_output = next(f.default for f in dataclasses.fields(cls) if f.name == "output")
         requested.setdefault("output", default_output)

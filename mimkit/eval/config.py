@@ -5,13 +5,21 @@ field."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mimkit.config_schema import ConfigError, Settings, apply_overrides, from_dict, load_yaml, merged_sections
 from mimkit.config_types import Count, Finite, Fraction, NonNegative, NonNegativeInt, Positive, Probability, ZeroToOne
 from mimkit.engine.config import ModelSection, check_source_fits_model
-from mimkit.engine.config_parts import ImageDataFields, LoopFields, OptimFields, resolve_warmup
+from mimkit.engine.config_parts import (
+    ImageColumnFields,
+    ImageDataFields,
+    LoopFields,
+    OptimFields,
+    check_python_source,
+    resolve_warmup,
+)
 from mimkit.eval.checkpoint_record import checkpoint_defaults
 
 FASHION_MNIST_MEAN = [0.2860]
@@ -34,14 +42,31 @@ class EncoderSection(ModelSection):
 
 
 @dataclass
-class LabelledDataSection(ImageDataFields):
-    source: Literal["fashion_mnist", "folder", "clips"] = "fashion_mnist"
-    """``fashion_mnist``: its train and test idx files; ``folder``: images in one sub-folder per class; ``clips``:
-    clips (frame folders or video files) in one sub-folder per class, for video encoders."""
+class LabelledDataSection(ImageColumnFields, ImageDataFields):
+    source: Literal["fashion_mnist", "folder", "filelist", "hf_datasets", "clips", "python"] = "fashion_mnist"
+    """``fashion_mnist``: its train and test idx files; ``folder``: images in one sub-folder per class; ``filelist``:
+    CSV files with ``path`` and ``label`` columns or text files of ``path<TAB>label`` lines; ``hf_datasets``: a local
+    Hugging Face dataset (``save_to_disk`` folder or ``imagefolder`` directory) with an image and a label column;
+    ``clips``: clips (frame folders or video files) in one sub-folder per class, for video encoders; ``python``:
+    datasets of ``(image, label)`` pairs passed to :func:`mimkit.finetune` and the like (set by them)."""
     train_path: str | None = None
-    """``folder``: the training images; ``fashion_mnist``: the idx folder (default the Debian location)."""
+    """``folder``: the training images; ``filelist``: the training list; ``hf_datasets``: the dataset folder;
+    ``fashion_mnist``: the idx folder (default the Debian location)."""
     val_path: str | None = None
-    """``folder``: the validation images (same class sub-folders); unused for ``fashion_mnist`` (test split)."""
+    """``folder``: the validation images (same class sub-folders); ``filelist``: the validation list;
+    ``hf_datasets``: the validation dataset folder (default ``train_path``); unused for ``fashion_mnist`` (test
+    split)."""
+    label_column: str = "label"
+    """``hf_datasets``: the column of the labels (class indices, ``ClassLabel`` or class names)."""
+    train_split: str = "train"
+    """``hf_datasets``: the split of ``train_path`` to train on."""
+    val_split: str = "validation"
+    """``hf_datasets``: the split of ``val_path`` to validate on (an ``imagefolder``'s ``val/`` or ``validation/``
+    folder is its ``validation`` split)."""
+    python_length: Count | None = None
+    """``python``: the number of training items, recorded so a resume with another dataset is refused."""
+    python_val_length: Count | None = None
+    """``python``: the number of validation items, recorded likewise."""
     img_size: Count = 28
     in_chans: Literal[1, 3] = 1
     mean: list[Finite] = field(default_factory=lambda: list(FASHION_MNIST_MEAN))
@@ -60,6 +85,11 @@ class LabelledDataSection(ImageDataFields):
     eval_crop: Fraction = 0.875
     """Share of the resized image the evaluation center crop keeps: MAE's 0.875 (224 of 256); 1 scores the whole
     image, as small images need (on 28-px Fashion-MNIST the border crop costs about a point of top-1)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lengths = {"python_length": self.python_length, "python_val_length": self.python_val_length}
+        check_python_source(self.source, lengths)
 
 
 @dataclass
@@ -163,17 +193,28 @@ def _with_encoder_defaults(base: dict, explicit: dict) -> dict:
     return merged_sections(merged_sections(base, defaults), explicit)
 
 
-def load_transfer_config(protocol: str, path: str | None = None, overrides: list[str] | None = None) -> TransferConfig:
+def transfer_config(
+    protocol: str, stored: dict, overrides: Sequence[str] = (), source: str = "the config"
+) -> TransferConfig:
     """``protocol`` defaults (linprobe: MAE's probe), then the encoder's (:func:`_with_encoder_defaults`), then the
-    YAML file, then ``key=value`` overrides."""
+    config mapping ``stored`` (``source`` names it in errors), then ``key=value`` overrides."""
     base = LINPROBE_DEFAULTS if protocol == "linprobe" else {"protocol": protocol}
-    stored = load_yaml(path) if path else {}
     if stored.get("protocol", protocol) != protocol:
-        raise ConfigError(f"{path} is a '{stored['protocol']}' config; run it with `mimkit {stored['protocol']}`")
-    return from_dict(TransferConfig, _with_encoder_defaults(base, apply_overrides(stored, overrides or [])))
+        raise ConfigError(f"{source} is a '{stored['protocol']}' config; run it with `mimkit {stored['protocol']}`")
+    return from_dict(TransferConfig, _with_encoder_defaults(base, apply_overrides(stored, list(overrides))))
+
+
+def load_transfer_config(protocol: str, path: str | None = None, overrides: list[str] | None = None) -> TransferConfig:
+    """:func:`transfer_config` of the YAML file at ``path`` (or of the defaults)."""
+    return transfer_config(protocol, load_yaml(path) if path else {}, overrides or (), str(path))
+
+
+def knn_config(stored: dict, overrides: Sequence[str] = ()) -> KnnConfig:
+    """The encoder's defaults (:func:`_with_encoder_defaults`), then the config mapping ``stored``, then ``key=value``
+    overrides."""
+    return from_dict(KnnConfig, _with_encoder_defaults({}, apply_overrides(stored, list(overrides))))
 
 
 def load_knn_config(path: str | None = None, overrides: list[str] | None = None) -> KnnConfig:
-    """The encoder's defaults (:func:`_with_encoder_defaults`), then the YAML file, then ``key=value`` overrides."""
-    stored = load_yaml(path) if path else {}
-    return from_dict(KnnConfig, _with_encoder_defaults({}, apply_overrides(stored, overrides or [])))
+    """:func:`knn_config` of the YAML file at ``path`` (or of the defaults)."""
+    return knn_config(load_yaml(path) if path else {}, overrides or ())

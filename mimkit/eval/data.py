@@ -11,6 +11,9 @@ from timm.data.auto_augment import RandAugment, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
+from mimkit.data.catalog import PATH_NEEDED, open_source
+from mimkit.data.dataset_source import python_dataset
+from mimkit.data.hf_source import validation_root
 from mimkit.data.sources import FashionMNIST, ImageFolder, ImageSource
 from mimkit.data.transforms import ConvertMode, eval_transform
 from mimkit.data.video import ClipFolder, ClipTransform
@@ -79,17 +82,42 @@ def class_balanced_limit(source: ImageSource, limit: int, seed: int, setting: st
     return Subset(source, balanced_count_subset(source.labels, limit, seed)) if limit < len(source) else source
 
 
-def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSource, int]:
-    """Training and validation sources and the number of classes; both must be labelled alike."""
+def _split_sources(
+    data: LabelledDataSection, dataset: object | None, val_dataset: object | None
+) -> tuple[ImageSource, ImageSource]:
+    """The training and validation sources as ``data.source`` names them (``python``: the datasets passed)."""
+    train = python_dataset(dataset, data.source, data.python_length, "dataset", labelled=True)
+    val = python_dataset(val_dataset, data.source, data.python_val_length, "val_dataset", labelled=True)
+    if train is not None:
+        if train.class_names is None or val.class_names is None:  # e.g. a Subset of a dataset with classes
+            train.class_names = val.class_names = train.class_names or val.class_names
+        return train, val
     if data.source == "fashion_mnist":
-        train, val = FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
-    else:
-        if not (data.train_path and data.val_path):
-            raise MimkitError(
-                f"data.source '{data.source}' needs data.train_path and data.val_path (one sub-folder per class)"
+        return FashionMNIST(data.train_path, "train"), FashionMNIST(data.train_path, "test")
+    if data.source in PATH_NEEDED:  # filelist, hf_datasets (whose val_path defaults to the training dataset's)
+        hf = data.source == "hf_datasets"
+        val_path = validation_root(data.train_path, data.val_path) if hf else data.val_path
+        return tuple(
+            open_source(data.source, path, split, data.image_column, data.label_column, True, setting)
+            for path, split, setting in (
+                (data.train_path, data.train_split, "data.train_path"),
+                (val_path, data.val_split, "data.val_path"),
             )
-        folder = ClipFolder if data.source == "clips" else ImageFolder
-        train, val = folder(data.train_path), folder(data.val_path)
+        )
+    if not (data.train_path and data.val_path):
+        raise MimkitError(
+            f"data.source '{data.source}' needs data.train_path and data.val_path (one sub-folder per class)"
+        )
+    folder = ClipFolder if data.source == "clips" else ImageFolder
+    return folder(data.train_path), folder(data.val_path)
+
+
+def labelled_sources(
+    data: LabelledDataSection, dataset: object | None = None, val_dataset: object | None = None
+) -> tuple[ImageSource, ImageSource, int]:
+    """Training and validation sources and the number of classes; both must be labelled alike. ``dataset`` and
+    ``val_dataset``: the ``(image, label)`` datasets of a ``data.source: python`` run."""
+    train, val = _split_sources(data, dataset, val_dataset)
     for role, source in (("training", train), ("validation", val)):
         if source.labels is None:
             raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
@@ -101,7 +129,11 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
         train = Subset(train, balanced_label_subset(train.labels, data.label_fraction, data.label_seed))
     if data.val_limit:
         val = class_balanced_limit(val, data.val_limit, data.label_seed, "data.val_limit")
-    return train, val, len(train.class_names or []) or max(train.labels) + 1
+    highest = max(max(train.labels), max(val.labels))
+    num_classes = len(train.class_names) if train.class_names else highest + 1
+    if highest >= num_classes:
+        raise DataError(f"a label is {highest} but there are {num_classes} classes ({train.class_names})")
+    return train, val, num_classes
 
 
 def encoder_data_args(data: LabelledDataSection) -> dict[str, int]:

@@ -74,16 +74,17 @@ class KnnResult:
     seconds: float
 
 
-def knn_evaluate(config: KnnConfig) -> KnnResult:
+def knn_evaluate(config: KnnConfig, dataset: object | None = None, val_dataset: object | None = None) -> KnnResult:
     """Extract features of the training and validation images with the configured encoder, classify the
     validation images by weighted kNN and report top-1/top-5 (in %); optionally write them as JSON (never over
-    the checkpoint or another one)."""
+    the checkpoint or another one). ``dataset`` and ``val_dataset``: the ``(image, label)`` datasets of a
+    ``data.source: python`` run (:func:`mimkit.knn`)."""
     start = time.perf_counter()
     if config.output:
         check_output(config.output, [config.model.checkpoint])
     data = config.data
     device = resolve_device(config.device)
-    train_source, val_source, num_classes = labelled_sources(data)
+    train_source, val_source, num_classes = labelled_sources(data, dataset, val_dataset)
     args = {**config.model.args, **encoder_data_args(data)}
     encoder = load_encoder(config.model.name, args, config.model.checkpoint).to(device)
     transform = eval_transform_for(data)

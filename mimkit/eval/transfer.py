@@ -77,7 +77,9 @@ class TransferTrainer:
 
     ``resume`` (``'auto'`` or a checkpoint path), ``overwrite`` and ``allow_changes``: as for pretraining
     (:class:`~mimkit.engine.run_session.RunSession`); a resumed run continues exactly, mid-epoch included.
-    ``callbacks``: :class:`~mimkit.engine.callbacks.Callback` instances called at the run's events.
+    ``dataset`` and ``val_dataset``: the ``(image, label)`` datasets of a ``data.source: python`` run
+    (:func:`mimkit.finetune`); ``callbacks``: :class:`~mimkit.engine.callbacks.Callback` instances called at the run's
+    events.
     """
 
     def __init__(
@@ -86,6 +88,9 @@ class TransferTrainer:
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
+        *,
+        dataset: object | None = None,
+        val_dataset: object | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.config = config
@@ -97,7 +102,7 @@ class TransferTrainer:
         self.session = RunSession(config, self.dist, resume, overwrite, allow_changes, tag=config.protocol)
         seed_global_generators(train.seed + self.dist.rank)
         self.output = Path(config.output)
-        self.train_source, self.val_source, self.num_classes = labelled_sources(data)
+        self.train_source, self.val_source, self.num_classes = labelled_sources(data, dataset, val_dataset)
 
         args = {**config.model.args, **encoder_data_args(data)}
         if config.protocol == "finetune":
