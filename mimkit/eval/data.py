@@ -79,6 +79,12 @@ def class_balanced_limit(source: ImageSource, limit: int, seed: int, setting: st
     return Subset(source, balanced_count_subset(source.labels, limit, seed)) if limit < len(source) else source
 
 
+def require_labels(source: ImageSource, role: str) -> None:
+    """Refuse images without labels (``role`` names them in the error: training, validation, ...)."""
+    if source.labels is None:
+        raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
+
+
 def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSource, int]:
     """Training and validation sources and the number of classes; both must be labelled alike."""
     if data.source == "fashion_mnist":
@@ -91,8 +97,7 @@ def labelled_sources(data: LabelledDataSection) -> tuple[ImageSource, ImageSourc
         folder = ClipFolder if data.source == "clips" else ImageFolder
         train, val = folder(data.train_path), folder(data.val_path)
     for role, source in (("training", train), ("validation", val)):
-        if source.labels is None:
-            raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
+        require_labels(source, role)
     if train.class_names != val.class_names:
         raise MimkitError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
     if data.train_limit:
