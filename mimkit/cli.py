@@ -142,11 +142,51 @@ def _knn(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from mimkit.export import export_encoder
 
-    path, timm_name, fields = export_encoder(args.checkpoint, args.output)
-    extra = "".join(f", {key}={value!r}" for key, value in fields.items())
-    print(f"encoder written to {path}; load it with")
-    print(f"  timm.create_model('{timm_name}', pretrained=True, pretrained_cfg_overlay=dict(file='{path}'){extra})")
-    print("after `import mimkit.export` (add num_classes=N for a classifier, features_only=True for multi-scale maps)")
+    exported = export_encoder(args.checkpoint, args.output)
+    classes = exported.pretrained_cfg["num_classes"]
+    what = f"{classes}-class classifier (encoder and head)" if classes else "encoder"
+    print(f"{what} written to {exported.path}; load it with")
+    print(
+        f"  timm.create_model('{exported.timm_name}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='{exported.path}'))"
+    )
+    print(
+        "after `import mimkit.export`; the file sets the model's size and its input (timm.data.resolve_data_config). "
+        f"Add num_classes=N for {'another' if classes else 'a'} head, features_only=True for multi-scale maps"
+    )
+    if exported.head_left_out:
+        print(f"note: the head is not exported: {exported.head_left_out}")
+    return 0
+
+
+def _report_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mimkit.eval.predict import predict_images
+
+    result = predict_images(args.checkpoint, args.images, args.output, args.top_k, args.batch_size, args.overwrite)
+    _report_skipped(result.skipped)
+    print(f"top-{result.top_k} predictions for {len(result.predictions)} images: {result.output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mimkit.eval.predict import evaluate_folder
+
+    result = evaluate_folder(args.checkpoint, args.data, args.output, args.top_k, args.batch_size, args.overwrite)
+    _report_skipped(result.skipped)
+    print(
+        f"top-1 {result.top1:.2f}%  top-{result.top_k} {result.top_k_accuracy:.2f}%  ({result.images} images, "
+        f"{len(result.per_class)} classes)"
+    )
+    for name, scores in result.per_class.items():
+        accuracy = "no images" if scores["top1"] is None else f"top-1 {scores['top1']:.2f}% of {scores['images']}"
+        print(f"  {name}: {accuracy}")
+    if args.output:
+        print(f"metrics: {args.output}")
     return 0
 
 
@@ -348,6 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
     exp.set_defaults(handler=_export)
+
+    predict = commands.add_parser("predict", help="classify images with a fine-tuned checkpoint (top-k, CSV/JSON)")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    predict.set_defaults(handler=_predict)
+    evaluate = commands.add_parser(
+        "evaluate", help="top-1/top-k and per-class accuracy of a fine-tuned checkpoint on a labelled folder"
+    )
+    evaluate.add_argument("--data", required=True, help="a folder with one sub-folder of images per class")
+    evaluate.set_defaults(handler=_evaluate)
+    for sub, output_help in (
+        (predict, "the predictions to write: .csv (a row per image) or .json"),
+        (evaluate, "also write the metrics to this .json file"),
+    ):
+        sub.add_argument(
+            "--checkpoint", required=True, help="a `mimkit finetune` (or linprobe) checkpoint (.safetensors)"
+        )
+        sub.add_argument("--output", required=sub is predict, help=output_help)
+        sub.add_argument("--top-k", type=int, help="how many of the most likely classes (default 5, at most all)")
+        sub.add_argument("--batch-size", type=int, help="images per forward pass (default: the run's eval batch)")
+        sub.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
 
     convert = commands.add_parser(
         "convert-checkpoint", help="write an FSDP run's sharded checkpoint (a .dcp folder) as one .safetensors file"

@@ -1,19 +1,27 @@
-"""mimkit encoders as timm models, and export of a pretrained encoder to a file timm loads.
+"""mimkit encoders and fine-tuned classifiers as timm models, and their export to a file timm loads.
 
 ``import mimkit`` registers ``mimkit_vit_*``, ``mimkit_convvit_*`` and ``mimkit_swin_*`` in timm's registry. A file
 written by :func:`export_encoder` then loads with
-``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``, as a classifier
-(``num_classes=N``: pooled features, the encoder's pooling norm, a new linear head) or as a multi-scale backbone
-(``features_only=True``: the encoder's ``feature_maps`` through timm's ``forward_intermediates`` interface).
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``: the file records the encoder's
+shape (its fields differing from the name's defaults, applied unless given as keyword arguments) and a
+``pretrained_cfg`` with the input the weights were trained on (size, channels, normalization, evaluation crop) and,
+from a fine-tuning checkpoint, the classifier (number and names of the classes; the head is in the file). The model
+works as a classifier (``num_classes=N`` for a new head: pooled features, the encoder's pooling norm, a linear head)
+or as a multi-scale backbone (``features_only=True``: the encoder's ``feature_maps`` through timm's
+``forward_intermediates`` interface), and has timm's training hooks: ``set_grad_checkpointing``,
+``no_weight_decay`` and ``group_matcher`` (for ``timm.optim.create_optimizer_v2(..., layer_decay=...)``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -26,8 +34,12 @@ from mimkit.config_schema import to_dict
 from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
-from mimkit.errors import MimkitError
+from mimkit.engine.strategy import checkpoint_activations
+from mimkit.errors import CheckpointError, MimkitError
 from mimkit.eval.checkpoint_record import recorded_model
+from mimkit.eval.classifier import encoder_group_matcher, freeze_skipped_norm
+from mimkit.eval.classifier_checkpoint import classifier_from_checkpoint
+from mimkit.eval.config import LabelledDataSection
 from mimkit.eval.loading import encoder_weights
 from mimkit.models import create_encoder, encoder_class, model_config
 from mimkit.output_guard import check_output
@@ -71,9 +83,18 @@ TIMM_FAMILIES = {VisionTransformerEncoder: "mimkit_vit", ConvViTEncoder: "mimkit
 """The timm family that exports each encoder class (every method built on that encoder exports to it)."""
 
 
+NO_WEIGHT_DECAY_PARTS = ("cls_token", "pos_embed", "relative_position_bias_table")
+"""Parameters that timm's ViT and Swin exempt from weight decay by name; norms and biases go by timm's own rule for
+1-D parameters. mimkit's position tables are fixed buffers, so this names the ViT's class token and the Swin's
+relative position bias tables."""
+
+
 class TimmEncoder(nn.Module):
     """A mimkit encoder with timm's model interface: ``forward_features``, ``forward_head``,
-    ``get_classifier``/``reset_classifier`` and ``forward_intermediates`` (for ``features_only``)."""
+    ``get_classifier``/``reset_classifier``, ``forward_intermediates`` (for ``features_only``) and the training
+    hooks ``set_grad_checkpointing``, ``no_weight_decay`` and ``group_matcher``."""
+
+    grad_checkpointing = False
 
     def __init__(
         self,
@@ -85,6 +106,7 @@ class TimmEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = create_encoder(pretraining_model, in_chans=in_chans, drop_path_rate=drop_path_rate, **fields)
+        freeze_skipped_norm(self.encoder)
         self.num_features = self.head_hidden_size = self.encoder.num_features
         self.num_classes = num_classes
         self.fc_norm = nn.LayerNorm(self.num_features, eps=1e-6) if self.encoder.pool_with_norm else nn.Identity()
@@ -93,6 +115,22 @@ class TimmEncoder(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder block's activations in the backward pass instead of keeping them (the blocks
+        ``train.activation_checkpointing`` checkpoints); ``enable=False`` keeps them again."""
+        checkpoint_activations(self.encoder, enable)
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """The parameters named in :data:`NO_WEIGHT_DECAY_PARTS` (timm's optimizer factory reads this)."""
+        return {name for name, _ in self.named_parameters() if any(part in name for part in NO_WEIGHT_DECAY_PARTS)}
+
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
+        """Layers for layer-wise lr decay, as mimkit's fine-tuning takes them: the stem (patch embedding, class
+        token) first, then every block in running order, the pooling norm and head last; ``coarse``: per stage for
+        ConvViT and Swin (see :func:`mimkit.eval.classifier.encoder_group_matcher`)."""
+        return encoder_group_matcher(self.encoder, coarse)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
@@ -154,8 +192,43 @@ default_cfgs = generate_default_cfgs({name: _default_cfg(model) for name, model 
 """timm reads this module attribute when :func:`_register` registers each name."""
 
 
+def exported_settings(file: str | Path) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """What a file written by :func:`export_encoder` records: its timm name, its encoder fields and its
+    ``pretrained_cfg`` entries; ``None`` for any other file (timm reads those its own way)."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (OSError, SafetensorError):
+        return None
+    if "timm_name" not in metadata:
+        return None
+    try:
+        fields, cfg = json.loads(metadata["fields"]), json.loads(metadata.get("pretrained_cfg", "{}"))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{file} is a malformed mimkit export ({err}); export it again") from err
+    # JSON has no tuples; timm's data config keeps these as tuples
+    return metadata["timm_name"], fields, {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+
+def _with_exported_settings(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` of ``timm.create_model`` completed from the export named by ``pretrained_cfg_overlay['file']``:
+    its encoder fields and ``pretrained_cfg`` where the call does not set them."""
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    settings = exported_settings(overlay["file"]) if pretrained and overlay.get("file") else None
+    if settings is None:
+        return kwargs
+    exported_name, fields, cfg = settings
+    if exported_name != timm_name:
+        raise MimkitError(
+            f"{overlay['file']} holds a '{exported_name}' model, not '{timm_name}'; create it with "
+            f"timm.create_model('{exported_name}', ...)"
+        )
+    return {**fields, **kwargs, "pretrained_cfg_overlay": {**cfg, **overlay}}
+
+
 def _register(timm_name: str, pretraining_model: str) -> None:
     def factory(pretrained: bool = False, **kwargs: Any) -> TimmEncoder:
+        kwargs = _with_exported_settings(timm_name, pretrained, kwargs)
         return build_model_with_cfg(
             TimmEncoder,
             timm_name,
@@ -201,20 +274,66 @@ def timm_model_for(pretraining_model: str, resolved: dict[str, Any]) -> tuple[st
     return timm_name, fields
 
 
-def export_encoder(checkpoint: str | Path, output: str | Path) -> tuple[Path, str, dict]:
-    """Write the encoder of a mimkit checkpoint (pretraining, or the ``encoder.*`` weights of a fine-tuned or
-    probed classifier) as a safetensors file timm loads, atomically; never over the checkpoint or another one.
+def exported_input(record: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``pretrained_cfg`` entries that say what input a checkpoint's weights were trained on: size and
+    channels, normalization and the evaluation crop (a fine-tuning run's ``data.eval_crop``; for pretraining and
+    older runs the evaluation default)."""
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    missing = [f"data.{key}" for key in ("img_size", "in_chans", "mean", "std") if key not in data]
+    if missing:
+        raise CheckpointError(
+            f"{path} records no {', '.join(missing)}, so the input its weights expect is unknown; export a "
+            "checkpoint written by a mimkit run"
+        )
+    return {
+        "input_size": (data["in_chans"], data["img_size"], data["img_size"]),
+        "mean": tuple(data["mean"]),
+        "std": tuple(data["std"]),
+        "crop_pct": data.get("eval_crop", LabelledDataSection.eval_crop),
+    }
 
-    Returns the file, the timm name to create it with, and the encoder fields that differ from that name's
-    defaults (pass them as keyword arguments to ``timm.create_model``; they are also in the file's metadata).
+
+@dataclass
+class ExportedModel:
+    path: Path
+    timm_name: str
+    fields: dict[str, Any]
+    """The encoder fields that differ from ``timm_name``'s defaults (read back from the file by the timm model)."""
+    pretrained_cfg: dict[str, Any]
+    """What the file adds to the timm model's ``pretrained_cfg`` (see :func:`exported_input`), with
+    ``num_classes`` and, where the checkpoint records them, ``label_names``."""
+    head_left_out: str | None = None
+    """Why a checkpoint's classifier head is not in the file (a linear probe's), else ``None``."""
+
+
+def export_encoder(checkpoint: str | Path, output: str | Path) -> ExportedModel:
+    """Write a mimkit checkpoint as a safetensors file timm loads, atomically; never over the checkpoint or another
+    one. A fine-tuning checkpoint gives its whole classifier (encoder, pooling norm and head); a pretraining or
+    linear-probe checkpoint its encoder (a probe's BatchNorm head has no place in timm's model).
     """
     output = check_output(output, [checkpoint])
     stored = load_checkpoint(checkpoint)
     name, resolved = recorded_model(stored.config, checkpoint)
     timm_name, fields = timm_model_for(name, _plain(resolved))
-    wrapper = TimmEncoder(TIMM_NAMES[timm_name], **fields)
-    load_model_state(wrapper.encoder, encoder_weights(stored.model, checkpoint), checkpoint)
+    cfg = {**exported_input(stored.config, checkpoint), "num_classes": 0}
+    protocol = stored.config.get("protocol")
+    if protocol == "finetune":
+        classifier = classifier_from_checkpoint(stored, checkpoint)
+        cfg["num_classes"] = classifier.num_classes
+        if classifier.class_names:
+            cfg["label_names"] = tuple(classifier.class_names)
+        wrapper = TimmEncoder(TIMM_NAMES[timm_name], num_classes=classifier.num_classes, **fields)
+        load_model_state(wrapper, classifier.model.state_dict(), checkpoint)
+    else:
+        wrapper = TimmEncoder(TIMM_NAMES[timm_name], **fields)
+        load_model_state(wrapper.encoder, encoder_weights(stored.model, checkpoint), checkpoint)
     tensors = {k: v.detach().contiguous() for k, v in wrapper.state_dict().items()}
-    metadata = {"timm_name": timm_name, "mimkit_model": name, "fields": json.dumps(fields)}
+    metadata = {
+        "timm_name": timm_name,
+        "mimkit_model": name,
+        "fields": json.dumps(fields),
+        "pretrained_cfg": json.dumps(cfg),
+    }
     atomic_write(output, save(tensors, metadata=metadata))
-    return output, timm_name, fields
+    left_out = "a linear probe's BatchNorm head has no place in timm's model" if protocol == "linprobe" else None
+    return ExportedModel(output, timm_name, fields, cfg, left_out)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from mimkit.config_schema import from_dict
-from mimkit.data import ImageFiles, ImageFolder, eval_transform, load_readable
-from mimkit.data.sources import IMAGE_EXTENSIONS
+from mimkit.data import ImageFiles, eval_transform, load_readable
+from mimkit.data.sources import image_files
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.engine.config import PretrainConfig
@@ -36,18 +36,6 @@ def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]
     return model.eval(), config
 
 
-def _image_files(paths: Sequence[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            files.extend(ImageFolder(item).paths)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"image not found: {item}")
-    return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
-
-
 def visualize_images(
     checkpoint: str | Path,
     images: Sequence[str | Path],
@@ -60,7 +48,7 @@ def visualize_images(
     the mask too)."""
     if max_images < 1:
         raise MimkitError(f"--max-images must be at least 1, got {max_images}")
-    files = _image_files(images)
+    files = image_files(images)
     check_output(output, [checkpoint, *files])
     model, config = load_pretrained(checkpoint)
     if config.data.source in CLIP_SOURCES:

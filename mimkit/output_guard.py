@@ -10,9 +10,12 @@ from mimkit.engine.checkpoint_metadata import stored_config
 from mimkit.errors import MimkitError
 
 
-def check_output(output: str | Path, inputs: Iterable[str | Path | None], option: str = "--output") -> Path:
+def check_output(
+    output: str | Path, inputs: Iterable[str | Path | None], option: str = "--output", replace: bool = True
+) -> Path:
     """``output`` as a path, once it is known to be none of ``inputs`` (``None`` entries are skipped), no folder
-    and no mimkit checkpoint; otherwise a :class:`MimkitError` that names the fix."""
+    and no mimkit checkpoint, nor (``replace=False``, the commands that take ``--overwrite``) any existing file;
+    otherwise a :class:`MimkitError` that names the fix."""
     output = Path(output)
     if output.is_dir():
         raise MimkitError(f"{option} {output} is a folder; name the file to write")
@@ -23,4 +26,6 @@ def check_output(output: str | Path, inputs: Iterable[str | Path | None], option
         raise MimkitError(
             f"{option} {output} is a mimkit checkpoint; write to another file (delete it first to replace it)"
         )
+    if not replace and output.exists():
+        raise MimkitError(f"{option} {output} exists; add --overwrite to replace it, or choose another file")
     return output

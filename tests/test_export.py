@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import pytest
 import timm
+import timm.optim
 import torch
+from timm.data import resolve_data_config
+from timm.models import group_parameters
+from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 import mimkit
@@ -13,7 +17,15 @@ from mimkit.backbones.convvit_detection import ConvViTDetectionEncoder
 from mimkit.cli import main
 from mimkit.config_schema import to_dict
 from mimkit.engine.checkpoint import save_checkpoint
+from mimkit.engine.optim import layer_decay_param_groups
+from mimkit.engine.strategy import training_blocks
+from mimkit.errors import MimkitError
+from mimkit.eval.classifier import Classifier
+from mimkit.eval.loading import load_encoder
 from mimkit.heads.simple_pyramid import SimpleFeaturePyramid
+from mimkit.model_configs.parts import IMAGENET_MEAN, IMAGENET_STD
+from tests.conftest import tiny_overrides
+from tests.transfer_files import pretrain_checkpoint
 
 CASES = [
     pytest.param("mixmae_swin_tiny", {}, 64, id="swin"),
@@ -27,7 +39,8 @@ CASES = [
 def _pretraining_checkpoint(path, name, overrides):
     torch.manual_seed(0)
     model = mimkit.create_model(name, **overrides)
-    record = {"model": {"name": name, "args": overrides}, "resolved_model": to_dict(model.config)}
+    data = {"img_size": model.config.img_size, "in_chans": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    record = {"model": {"name": name, "args": overrides}, "resolved_model": to_dict(model.config), "data": data}
     save_checkpoint(path, model, record)
     return model.encoder_module().eval()
 
@@ -77,3 +90,97 @@ def test_export_refuses_a_file_that_is_not_a_mimkit_checkpoint(tmp_path, capsys)
     bogus.write_bytes(b"not a checkpoint")
     assert main(["export", "--checkpoint", str(bogus), "--output", str(tmp_path / "x.safetensors")]) == 2
     assert "not a readable mimkit checkpoint" in capsys.readouterr().err
+
+
+def test_an_exported_encoder_carries_its_input_format_into_timm(tmp_path, capsys):
+    """A 1-channel 64-px run with its own normalization: timm builds the encoder from the file alone (no size
+    arguments) and resolves that input, not timm's 3 x 224 ImageNet default."""
+    pre = tmp_path / "pre"
+    overrides = tiny_overrides(pre, "data.in_chans=1", "data.mean=[0.3]", "data.std=[0.2]")
+    checkpoint = pretrain_checkpoint(pre, *overrides)
+    exported = tmp_path / "encoder.safetensors"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(checkpoint), "--output", str(exported)]) == 0
+    assert capsys.readouterr().out.startswith("encoder written to")
+    model = timm.create_model(
+        "mimkit_vit_base_patch16", pretrained=True, pretrained_cfg_overlay=dict(file=str(exported))
+    ).eval()
+    config = resolve_data_config({}, model=model)
+    assert (config["input_size"], config["mean"], config["std"]) == ((1, 64, 64), (0.3,), (0.2,))
+    assert model.pretrained_cfg["num_classes"] == 0 and model.num_classes == 0
+    encoder = load_encoder("mae_vit_tiny_patch16", checkpoint=checkpoint).eval()
+    images = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(images), model.fc_norm(encoder.pooled_features(images)))
+    with pytest.raises(MimkitError, match="holds a 'mimkit_vit_base_patch16' model"):
+        timm.create_model("mimkit_vit_small_patch16", pretrained=True, pretrained_cfg_overlay=dict(file=str(exported)))
+
+
+HOOK_CASES = [
+    pytest.param("mimkit_vit_tiny_patch16", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 32}, id="vit"),
+    pytest.param("mimkit_convvit_tiny", {"img_size": 32}, id="convvit"),
+    pytest.param("mimkit_swin_tiny", {"img_size": 64}, id="swin"),
+]
+
+
+@pytest.mark.parametrize("name, fields", HOOK_CASES)
+def test_grad_checkpointing_recomputes_blocks_and_changes_nothing(name, fields):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3, **fields)
+    images = torch.randn(2, 3, fields["img_size"], fields["img_size"])
+    first_block = training_blocks(model.encoder)[0]
+    calls = []
+    next(m for m in first_block.modules() if isinstance(m, nn.Linear)).register_forward_hook(lambda *_: calls.append(1))
+
+    def loss_and_gradients():
+        calls.clear()
+        model.zero_grad()
+        loss = model(images).square().sum()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    plain = loss_and_gradients()
+    model.set_grad_checkpointing(enable=True)
+    checkpointed = loss_and_gradients()
+    model.set_grad_checkpointing(enable=True)  # twice: still one recomputation
+    twice = loss_and_gradients()
+    model.set_grad_checkpointing(enable=False)
+    off = loss_and_gradients()
+    assert (plain[2], checkpointed[2], twice[2], off[2]) == (1, 2, 2, 1)
+    assert checkpointed[0] == pytest.approx(plain[0], rel=1e-6) and plain[1].keys() == checkpointed[1].keys()
+    assert all(torch.allclose(plain[1][k], checkpointed[1][k], atol=1e-6) for k in plain[1])
+
+
+@pytest.mark.parametrize("name, fields", HOOK_CASES)
+def test_timms_optimizer_factory_gets_mimkits_layer_decay_and_weight_decay_rules(name, fields):
+    """``create_optimizer_v2(layer_decay=)`` through the timm model's ``group_matcher`` gives every parameter the lr
+    scale mimkit's fine-tuning gives it (stem lowest, blocks in running order, head 1); ``no_weight_decay`` names
+    the ViT's class token and the Swin's relative position tables, besides the 1-D norms and biases."""
+    model = timm.create_model(name, num_classes=3, **fields)
+    optimizer = timm.optim.create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+
+    reference = Classifier(model.encoder, 3)
+    expected = {}
+    for group in layer_decay_param_groups(reference, weight_decay=0.05, layer_decay=0.5):
+        members = {id(p) for p in group["params"]}
+        expected.update({n: group["lr_scale"] for n, p in reference.named_parameters() if id(p) in members})
+    assert scale == expected
+    stem = [v for n, v in scale.items() if n.startswith("encoder.patch_embed")]
+    assert min(stem) == min(scale.values()) < 1 and scale["head.weight"] == 1
+    block_scales = [scale[f"encoder.{n}"] for n, _ in model.encoder.named_parameters() if ".blocks" in f".{n}"]
+    assert block_scales == sorted(block_scales)
+
+    no_decay = model.no_weight_decay()
+    expected_no_decay = {
+        "vit": {"encoder.cls_token"},
+        "convvit": set(),
+        "swin": {n for n, _ in model.named_parameters() if n.endswith("relative_position_bias_table")},
+    }[name.split("_")[1]]
+    assert no_decay == expected_no_decay
+    one_dimensional = {n for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad}
+    assert {n for n, d in decay.items() if d == 0} == no_decay | one_dimensional
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(coarse) == {"vit": 4, "convvit": 5, "swin": 6}[name.split("_")[1]]  # stem, blocks or stages, head

@@ -129,11 +129,52 @@ def load_readable(
     for index in order:
         if limit is not None and len(images) == limit:
             break
-        try:
-            images.append(transform(source.load(index)))
-        except UNREADABLE_IMAGE_ERRORS as err:
-            skipped.append(f"{source.name_of(index)} ({err})")
+        image, problem = transformed_or_problem(source, index, transform)
+        if image is None:
+            skipped.append(problem)
+        else:
+            images.append(image)
     return (torch.stack(images) if images else None), skipped
+
+
+def transformed_or_problem(source: ImageSource, index: int, transform: Callable) -> tuple[torch.Tensor | None, str]:
+    """Image ``index`` of ``source`` transformed, or ``None`` and a description of why it could not be read."""
+    try:
+        return transform(source.load(index)), ""
+    except UNREADABLE_IMAGE_ERRORS as err:
+        return None, f"{source.name_of(index)} ({err})"
+
+
+class ReadableItems(torch.utils.data.Dataset):
+    """Every image of ``source`` transformed, in order; an unreadable one gives its description instead."""
+
+    def __init__(self, source: ImageSource, transform: Callable) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        return index, *transformed_or_problem(self.source, index, self.transform)
+
+
+def _readable_batch(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list]:
+    readable = [(index, image) for index, image, _ in items if image is not None]
+    images = torch.stack([image for _, image in readable]) if readable else None
+    return [index for index, _ in readable], images, [problem for _, image, problem in items if image is None]
+
+
+def readable_batches(
+    source: ImageSource, transform: Callable, batch_size: int, num_workers: int = 0
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[str]]]:
+    """Every image of ``source`` in order, transformed, ``batch_size`` at a time (decoded by ``num_workers`` loader
+    workers) as ``(indices, images, skipped)``: the indices of the readable images, their batch (None if none of
+    them could be read) and a description of each unreadable image, which is left out."""
+    loader = torch.utils.data.DataLoader(
+        ReadableItems(source, transform), batch_size=batch_size, num_workers=num_workers, collate_fn=_readable_batch
+    )
+    yield from loader
 
 
 def batch_loader(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,19 @@ class ImageFolder(ImageFiles):
             self.class_names = sorted({parts[0] for parts in top})
             index = {name: i for i, name in enumerate(self.class_names)}
             self.labels = [index[parts[0]] for parts in top]
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files among ``paths`` (by extension), each folder's images (recursive, sorted) in its place."""
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files.extend(ImageFolder(item).paths)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"image not found: {item}")
+    return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 class ArraySource(ImageSource):

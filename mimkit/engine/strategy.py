@@ -45,13 +45,16 @@ def training_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def checkpoint_activations(model: nn.Module) -> int:
+def checkpoint_activations(model: nn.Module, enable: bool = True) -> int:
     """Recompute each block's activations in the backward pass (non-reentrant ``torch.utils.checkpoint``, which
-    replays the RNG state, so drop path draws the same paths). The block's ``forward`` is replaced on the instance,
-    so parameter and state-dict names stay as they were. Returns the number of blocks."""
+    replays the RNG state, so drop path draws the same paths); ``enable=False`` switches it off again. The block's
+    ``forward`` is replaced on the instance (the class's own ``forward`` is what is wrapped, so switching on twice
+    wraps once), and parameter and state-dict names stay as they were. Returns the number of blocks."""
     blocks = training_blocks(model)
     for block in blocks:
-        block.forward = wraps(block.forward)(partial(checkpoint, block.forward, use_reentrant=False))
+        vars(block).pop("forward", None)
+        if enable:
+            block.forward = wraps(block.forward)(partial(checkpoint, block.forward, use_reentrant=False))
     return len(blocks)
 
 

@@ -9,6 +9,7 @@ appendix A.3).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from timm.layers import trunc_normal_
@@ -37,8 +38,8 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(GlobalBatchNorm1d(dim, affine=False, eps=1e-6), linear) if linear_probe else linear
         if linear_probe:
             self.encoder.requires_grad_(False)
-        elif encoder.pool_with_norm:
-            encoder.norm.requires_grad_(False)  # pooling skips the encoder's final norm; DDP needs it marked unused
+        else:
+            freeze_skipped_norm(encoder)
 
     def train(self, mode: bool = True) -> Classifier:
         """A probed encoder stays in eval mode (no dropout or drop path), only the head trains."""
@@ -56,13 +57,28 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
-    def group_matcher(self, coarse: bool = False):
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
         """For timm's layer-wise lr decay: the encoder's layer rule; the pooling norm and head come last."""
+        return encoder_group_matcher(self.encoder, coarse)
 
-        def ordinal(name: str) -> tuple[float, ...]:
-            if name.startswith(ENCODER_PREFIX):
-                return self.encoder.layer_ordinal(name[len(ENCODER_PREFIX) :])
+
+def freeze_skipped_norm(encoder: nn.Module) -> None:
+    """Pooling skips the encoder's final norm where the pooled features get a norm of their own
+    (``pool_with_norm``): mark it untrained, or DDP waits for gradients that never come."""
+    if encoder.pool_with_norm:
+        encoder.norm.requires_grad_(False)
+
+
+def encoder_group_matcher(encoder: nn.Module, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
+    """timm's ``group_matcher`` of a model that holds ``encoder`` as ``encoder.`` (a classifier, a timm-wrapped
+    encoder): the layer of a parameter is the encoder's ``layer_ordinal`` (the stem first, then every block in
+    running order); everything outside the encoder (pooling norm, head) comes last. ``coarse`` groups by the
+    ordinal's first part only: per block for a ViT, per stage for ConvViT and Swin."""
+
+    def ordinal(name: str) -> tuple[float, ...]:
+        if not name.startswith(ENCODER_PREFIX):
             return (math.inf,)
+        layer = encoder.layer_ordinal(name[len(ENCODER_PREFIX) :])
+        return layer[:1] if coarse else layer
 
-        return ordinal
-
+    return ordinal

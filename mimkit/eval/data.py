@@ -82,6 +82,12 @@ def class_balanced_limit(source: ImageSource, limit: int, seed: int, setting: st
     return Subset(source, balanced_count_subset(source.labels, limit, seed)) if limit < len(source) else source
 
 
+def require_labels(source: ImageSource, role: str) -> None:
+    """Refuse images without labels (``role`` names them in the error: training, validation, ...)."""
+    if source.labels is None:
+        raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
+
+
 def _split_sources(
     data: LabelledDataSection, dataset: object | None, val_dataset: object | None
 ) -> tuple[ImageSource, ImageSource]:
@@ -119,8 +125,7 @@ def labelled_sources(
     ``val_dataset``: the ``(image, label)`` datasets of a ``data.source: python`` run."""
     train, val = _split_sources(data, dataset, val_dataset)
     for role, source in (("training", train), ("validation", val)):
-        if source.labels is None:
-            raise MimkitError(f"the {role} images have no labels: put them in one sub-folder per class")
+        require_labels(source, role)
     if train.class_names != val.class_names:
         raise MimkitError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
     if data.train_limit:

@@ -221,6 +221,7 @@ class TransferTrainer:
         record = {
             **to_dict(self.config),
             "num_classes": self.num_classes,
+            "class_names": self.train_source.class_names,
             "best_top1": self.best_top1,
             "resolved_model": self.resolved_model,
         }
