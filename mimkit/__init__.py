@@ -1,9 +1,9 @@
 """mimkit: masked-image-modeling pretraining of vision backbones.
 
 ``import mimkit`` is light (no torch), so the command line can answer ``--help`` and validate a config at once.
-The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models`` and
-``mimkit.model_config``; loading the models also registers mimkit's encoders in timm (as ``import mimkit.export``
-does).
+The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models``,
+``mimkit.model_config``, ``mimkit.load_checkpoint`` and ``mimkit.from_pretrained`` (``docs/models.md``); loading the
+models also registers mimkit's encoders in timm (as ``import mimkit.export`` does).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ _LAZY = {
     "create_encoder": "mimkit.models",
     "list_models": "mimkit.model_configs.registry",
     "model_config": "mimkit.model_configs.registry",
+    "load_checkpoint": "mimkit.load",
+    "from_pretrained": "mimkit.load",
+    "LoadedCheckpoint": "mimkit.load",
+    "LoadReport": "mimkit.engine.checkpoint_checks",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -26,7 +30,7 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'mimkit' has no attribute {name!r}")
-    if _LAZY[name] == "mimkit.models":
+    if _LAZY[name] in ("mimkit.models", "mimkit.load"):
         importlib.import_module("mimkit.export")  # puts the mimkit_* encoders in timm's registry
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value

@@ -215,6 +215,11 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> tuple[Path, st
     wrapper = TimmEncoder(TIMM_NAMES[timm_name], **fields)
     load_model_state(wrapper.encoder, encoder_weights(stored.model, checkpoint), checkpoint)
     tensors = {k: v.detach().contiguous() for k, v in wrapper.state_dict().items()}
-    metadata = {"timm_name": timm_name, "mimkit_model": name, "fields": json.dumps(fields)}
+    metadata = {
+        "timm_name": timm_name,
+        "mimkit_model": name,
+        "fields": json.dumps(fields),
+        "resolved_model": json.dumps(resolved),  # what mimkit.create_encoder(pretrained=) rebuilds it from
+    }
     atomic_write(output, save(tensors, metadata=metadata))
     return output, timm_name, fields
