@@ -76,7 +76,7 @@ def load_pretraining_model(path: str | Path) -> LoadedCheckpoint:
     loaded = load_checkpoint(path)
     if not isinstance(loaded.model, PretrainingModel):
         raise MimkitError(
-            f"{path} is a {loaded.kind} checkpoint (a {type(loaded.model).__name__}, no decoder to reconstruct with); "
+            f"{path} holds a {type(loaded.model).__name__} ({loaded.kind}), not a pretraining model with its decoder; "
             "use a pretraining checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
         )
     return loaded
