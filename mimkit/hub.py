@@ -57,8 +57,9 @@ def _local_copy(model_id: str, **download: Any) -> Path:
         raise MimkitError(message) from err
 
 
-class HubMixin(ModelHubMixin, library_name="mimkit", tags=["mimkit", "masked-image-modeling"]):
-    """The Hub layout for a pretraining model (``self.config``: its configuration dataclass)."""
+class HubMixin(ModelHubMixin):
+    """The Hub layout for a pretraining model (``self.config``: its configuration dataclass); the model card is
+    :mod:`mimkit.model_card`'s."""
 
     model_name: str | None = None
     """The registered name the model was built from (set by :func:`mimkit.create_model` and the loaders)."""

@@ -59,10 +59,11 @@ def test_save_pretrained_round_trip_gives_bit_identical_outputs(tmp_path, name, 
 
     loaded = type(model).from_pretrained(tmp_path / "model")
     generic = mimkit.from_pretrained(str(tmp_path / "model"))
+    created = mimkit.create_model(name, pretrained=tmp_path / "model")
     assert type(loaded) is type(model) and type(generic) is type(model) and not loaded.training
     _assert_same_weights(loaded.state_dict(), model.state_dict())
     expected = _outputs(model, size)
-    for other in (loaded, generic):
+    for other in (loaded, generic, created):
         got = _outputs(other, size)
         assert torch.equal(got["loss"], expected["loss"]) and torch.equal(got["pred"], expected["pred"])
     card = (tmp_path / "model" / "README.md").read_text()
