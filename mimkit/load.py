@@ -75,9 +75,10 @@ def load_pretraining_model(path: str | Path) -> LoadedCheckpoint:
     """:func:`load_checkpoint` for a pretraining model (a classifier or encoder alone has no decoder)."""
     loaded = load_checkpoint(path)
     if not isinstance(loaded.model, PretrainingModel):
+        what = "an encoder exported by `mimkit export`" if loaded.kind == "encoder" else f"a {loaded.kind} checkpoint"
         raise MimkitError(
-            f"{path} holds a {type(loaded.model).__name__} ({loaded.kind}), not a pretraining model with its decoder; "
-            "use a pretraining checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
+            f"{path} is {what} (a {type(loaded.model).__name__}, no decoder to reconstruct with); use a pretraining "
+            "checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
         )
     return loaded
 

@@ -21,11 +21,19 @@ from mimkit.model_configs.convmae import ConvMAEConfig
 from mimkit.model_configs.localmim import LocalMIMConvViTConfig, LocalMIMSwinConfig, LocalMIMViTConfig
 from mimkit.model_configs.mae import MAEConfig
 from mimkit.model_configs.mixmae import MixMAEConfig, MixMAEViTConfig
-from mimkit.model_configs.registry import list_models, model_config, register_model
+from mimkit.model_configs.registry import list_models, model_class, model_config, register_model
 from mimkit.model_configs.videoconvmae import VideoConvMAEConfig
 from mimkit.pretrained import build_pretraining_model, read_stored
 
-__all__ = ["create_encoder", "create_model", "encoder_class", "list_models", "model_config", "register_model"]
+__all__ = [
+    "create_encoder",
+    "create_model",
+    "encoder_class",
+    "list_models",
+    "model_class",
+    "model_config",
+    "register_model",
+]
 
 
 def create_model(

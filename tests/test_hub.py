@@ -144,7 +144,7 @@ def test_the_cli_refuses_an_encoder_file_and_a_used_folder_in_one_line(tmp_path,
     capsys.readouterr()
 
     assert main(["export", "--checkpoint", str(export), "--format", "hub", "--output", str(tmp_path / "h")]) == 2
-    assert "holds a VisionTransformerEncoder (encoder), not a pretraining model" in _one_error_line(capsys)
+    assert "is an encoder exported by `mimkit export` (a VisionTransformerEncoder" in _one_error_line(capsys)
     assert main(["export", "--checkpoint", str(pre), "--format", "hub", "--output", str(tmp_path)]) == 2
     assert "is a folder that is not empty" in _one_error_line(capsys)
     assert main(["export", "--checkpoint", str(pre), "--format", "hub", "--output", str(pre)]) == 2
