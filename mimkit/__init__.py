@@ -5,6 +5,9 @@ The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encod
 ``mimkit.model_config``; loading the models also registers mimkit's encoders in timm (as ``import mimkit.export``
 does). So does the training API (:mod:`mimkit.api`): ``mimkit.pretrain``, ``mimkit.finetune``, ``mimkit.linprobe``
 and ``mimkit.knn``; ``mimkit.Callback`` is the base of the training loops' callbacks.
+The model API loads on first use: ``mimkit.create_model``, ``mimkit.create_encoder``, ``mimkit.list_models``,
+``mimkit.model_config``, ``mimkit.load_checkpoint`` and ``mimkit.from_pretrained`` (``docs/models.md``); loading the
+models also registers mimkit's encoders in timm (as ``import mimkit.export`` does).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ _LAZY = {
     "finetune": "mimkit.api",
     "linprobe": "mimkit.api",
     "knn": "mimkit.api",
+    "load_checkpoint": "mimkit.load",
+    "from_pretrained": "mimkit.load",
+    "LoadedCheckpoint": "mimkit.load",
+    "LoadReport": "mimkit.engine.checkpoint_checks",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -32,7 +39,7 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'mimkit' has no attribute {name!r}")
-    if _LAZY[name] == "mimkit.models":
+    if _LAZY[name] in ("mimkit.models", "mimkit.load"):
         importlib.import_module("mimkit.export")  # puts the mimkit_* encoders in timm's registry
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value

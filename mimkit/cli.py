@@ -140,6 +140,13 @@ def _knn(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "hub":
+        from mimkit.load import save_hub_folder
+
+        folder = save_hub_folder(args.checkpoint, args.output)
+        print(f"model written to {folder} (config.json, model.safetensors, README.md); load it with")
+        print(f"  mimkit.from_pretrained('{folder}')  (push it with model.push_to_hub('user/name'))")
+        return 0
     from mimkit.export import export_encoder
 
     exported = export_encoder(args.checkpoint, args.output)
@@ -386,7 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--checkpoint", required=True, help="a mimkit checkpoint: pretraining, fine-tuning or probe (.safetensors)"
     )
-    exp.add_argument("--output", required=True, help="the encoder file to write (.safetensors)")
+    exp.add_argument(
+        "--output", required=True, help="the encoder file to write (.safetensors); --format hub: a new folder"
+    )
+    exp.add_argument(
+        "--format",
+        choices=["timm", "hub"],
+        default="timm",
+        help="timm: the encoder for timm.create_model (default); hub: the pretraining model as a Hugging Face Hub "
+        "folder (config.json, model.safetensors, model card) for mimkit.from_pretrained and push_to_hub",
+    )
     exp.set_defaults(handler=_export)
 
     predict = commands.add_parser("predict", help="classify images with a fine-tuned checkpoint (top-k, CSV/JSON)")

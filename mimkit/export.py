@@ -333,6 +333,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> ExportedModel:
         "mimkit_model": name,
         "fields": json.dumps(fields),
         "pretrained_cfg": json.dumps(cfg),
+        "resolved_model": json.dumps(resolved),  # what mimkit.create_encoder(pretrained=) rebuilds it from
     }
     atomic_write(output, save(tensors, metadata=metadata))
     left_out = "a linear probe's BatchNorm head has no place in timm's model" if protocol == "linprobe" else None

@@ -10,30 +10,23 @@ import torch
 from mimkit.config_schema import from_dict
 from mimkit.data import ImageFiles, eval_transform, load_readable
 from mimkit.data.sources import image_files
-from mimkit.engine.checkpoint import load_checkpoint
-from mimkit.engine.checkpoint_checks import load_model_state
 from mimkit.engine.config import PretrainConfig
 from mimkit.engine.config_parts import CLIP_SOURCES
 from mimkit.engine.resume_config import run_fields
 from mimkit.errors import MimkitError
+from mimkit.load import load_pretraining_model
 from mimkit.methods.base import PretrainingModel
-from mimkit.models import create_model
 from mimkit.output_guard import check_output
 from mimkit.visualize import reconstruction_grid, save_reconstruction_grid
 
 
 def load_pretrained(path: str | Path) -> tuple[PretrainingModel, PretrainConfig]:
-    """The pretraining model stored in a mimkit checkpoint, with its training config."""
-    checkpoint = load_checkpoint(path)
-    if "protocol" in checkpoint.config:
-        raise MimkitError(
-            f"{path} is a {checkpoint.config['protocol']} checkpoint (a classifier, no decoder to reconstruct with); "
-            "use a pretraining checkpoint (`mimkit pretrain`'s OUTPUT/checkpoints/last.safetensors)"
-        )
-    config = from_dict(PretrainConfig, run_fields(PretrainConfig, checkpoint.config))
-    model = create_model(config.model.name, **checkpoint.config.get("resolved_model", {}))
-    load_model_state(model, checkpoint.model, path)
-    return model.eval(), config
+    """The pretraining model stored in a mimkit checkpoint (or a ``save_pretrained`` folder of one), in eval mode,
+    with its training config."""
+    loaded = load_pretraining_model(path)
+    if loaded.run is None:
+        raise MimkitError(f"{path} records no training run (its data and normalization); use a pretraining checkpoint")
+    return loaded.model, from_dict(PretrainConfig, run_fields(PretrainConfig, loaded.run["config"]))
 
 
 def visualize_images(

@@ -29,3 +29,14 @@ def check_output(
     if not replace and output.exists():
         raise MimkitError(f"{option} {output} exists; add --overwrite to replace it, or choose another file")
     return output
+
+
+def check_new_folder(output: str | Path, option: str = "--output") -> Path:
+    """``output`` as a path, once it is known to be a folder that does not exist yet or is empty (so nothing in it is
+    replaced or mixed with what a command writes); otherwise a :class:`MimkitError` that names the fix."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MimkitError(f"{option} {output} is a file; name a new folder to write")
+    if output.is_dir() and any(output.iterdir()):
+        raise MimkitError(f"{option} {output} is a folder that is not empty; name a new folder (or empty this one)")
+    return output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from mimkit.errors import CheckpointError
 
 LISTED_PROBLEMS = 3
 """How many problems one error message names before counting the rest."""
+OTHER_MODEL_HINT = "; was it written for another model or size?"
 
 ADAMW_FIELDS = ("step", "exp_avg", "exp_avg_sq")
 AMSGRAD_FIELD = "max_exp_avg_sq"
@@ -57,11 +59,43 @@ def _shape(tensor: torch.Tensor) -> str:
     return str(tuple(tensor.shape))
 
 
-def model_state_problems(state: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
-    """Missing and unexpected tensors, then tensors whose shape or dtype differs from the module's."""
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading weights into a model left out (``strict=False``): the model's tensors the weights lack (they
+    keep the model's own initial values) and the weights' tensors the model has no place for (ignored)."""
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every tensor of the model was loaded and every stored tensor used."""
+        return not self.missing and not self.unexpected
+
+    def __str__(self) -> str:
+        if self.complete:
+            return "every tensor loaded"
+        parts = []
+        for kind, names in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if names:
+                more = ", ..." if len(names) > LISTED_PROBLEMS else ""
+                parts.append(f"{len(names)} {kind} ({', '.join(names[:LISTED_PROBLEMS])}{more})")
+        return "; ".join(parts)
+
+
+def state_report(state: dict[str, torch.Tensor], module: nn.Module) -> LoadReport:
+    """The tensors ``module`` has that ``state`` lacks, and those of ``state`` that ``module`` has no place for."""
     expected = module.state_dict()
-    problems = [f"missing '{name}'" for name in expected if name not in state]
-    problems += [f"unexpected '{name:.200}'" for name in state if name not in expected]
+    return LoadReport(
+        missing=tuple(name for name in expected if name not in state),
+        unexpected=tuple(name for name in state if name not in expected),
+    )
+
+
+def _fit_problems(state: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+    """Tensors of ``state`` whose shape or dtype differs from the module's tensor of that name."""
+    expected = module.state_dict()
+    problems = []
     for name, tensor in state.items():
         want = expected.get(name)
         if want is not None and tensor.shape != want.shape:
@@ -71,16 +105,36 @@ def model_state_problems(state: dict[str, torch.Tensor], module: nn.Module) -> l
     return problems
 
 
-def check_model_state(state: dict[str, torch.Tensor], module: nn.Module, source: Any) -> None:
+def model_state_problems(state: dict[str, torch.Tensor], module: nn.Module) -> list[str]:
+    """Missing and unexpected tensors, then tensors whose shape or dtype differs from the module's."""
+    report = state_report(state, module)
+    problems = [f"missing '{name}'" for name in report.missing]
+    problems += [f"unexpected '{name:.200}'" for name in report.unexpected]
+    return problems + _fit_problems(state, module)
+
+
+def check_model_state(
+    state: dict[str, torch.Tensor], module: nn.Module, source: Any, hint: str = OTHER_MODEL_HINT
+) -> None:
     """Raise one CheckpointError unless ``state`` has exactly ``module``'s tensors, shapes and dtypes."""
-    target = f"this {type(module).__name__}"
-    _refuse(source, target, model_state_problems(state, module), "; was it written for another model or size?")
+    _refuse(source, f"this {type(module).__name__}", model_state_problems(state, module), hint)
 
 
-def load_model_state(module: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
-    """Check ``state`` against ``module`` (:func:`check_model_state`), then load it."""
-    check_model_state(state, module, source)
-    module.load_state_dict(state)
+def load_model_state(
+    module: nn.Module, state: dict[str, torch.Tensor], source: Any, strict: bool = True, hint: str = OTHER_MODEL_HINT
+) -> LoadReport:
+    """Check ``state`` against ``module`` (:func:`check_model_state`), then load it; ``hint`` ends the error.
+
+    ``strict=False`` loads the tensors that fit and returns the :class:`LoadReport` of those left out; a tensor of
+    the module's name but another shape or dtype is refused either way (it cannot be what the name promises)."""
+    if strict:
+        check_model_state(state, module, source, hint)
+        module.load_state_dict(state)
+        return LoadReport()
+    _refuse(source, f"this {type(module).__name__}", _fit_problems(state, module), OTHER_MODEL_HINT)
+    report = state_report(state, module)
+    module.load_state_dict({k: v for k, v in state.items() if k not in report.unexpected}, strict=False)
+    return report
 
 
 def group_problems(number: int, saved: dict[str, Any], group: dict[str, Any]) -> list[str]:

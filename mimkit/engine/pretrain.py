@@ -200,9 +200,13 @@ class Pretrainer:
             *self.session.summary(self.model, self.steps_per_epoch, self.total_steps),
         ]
 
-    def _save(self) -> Path:
+    def _save(self, last_loss: float) -> Path:
+        """Write ``last``; its record holds the run's config, the resolved model and the last step's loss (read by
+        the model card of a ``save_pretrained`` folder)."""
         record = to_dict(self.config)
         record["resolved_model"] = to_dict(self.model.config)
+        if math.isfinite(last_loss):
+            record["last_loss"] = last_loss
         path = self.session.save(
             "last",
             self.model,
@@ -307,17 +311,17 @@ class Pretrainer:
                     if epoch_ended or self.position.step >= stop_at or self.should_stop:
                         break
                     if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
-                        summary.checkpoint = self._save()
+                        summary.checkpoint = self._save(summary.last_loss)
                 check_epoch_progress(steps_before, self.position, self.steps_per_epoch)
                 if self.position.epoch > epoch:
-                    summary.checkpoint = self._save()
+                    summary.checkpoint = self._save(summary.last_loss)
                     self._add_picture(summary, f"epoch_{epoch:04d}", metrics)
                     progress.message(
                         f"epoch {epoch} done: loss {summary.last_loss:.4f}, checkpoint {self.checkpoint_path}"
                     )
                     self.callbacks.epoch_end(self, epoch, record)
             if summary.checkpoint is None or self.position.step_in_epoch:
-                summary.checkpoint = self._save()
+                summary.checkpoint = self._save(summary.last_loss)
             if self.position.step_in_epoch:
                 name = f"epoch_{self.position.epoch:04d}_step_{self.position.step:08d}"
                 self._add_picture(summary, name, metrics)

@@ -5,45 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
 from torch import nn
 
 from mimkit.config_schema import to_dict
-from mimkit.engine.checkpoint import load_checkpoint
-from mimkit.engine.checkpoint_checks import load_model_state
-from mimkit.engine.checkpoint_metadata import FORMAT, stored_config
-from mimkit.errors import CheckpointError, MimkitError
+from mimkit.engine.checkpoint_metadata import stored_config
+from mimkit.errors import CheckpointError
 from mimkit.eval.checkpoint_record import recorded_model
-from mimkit.eval.classifier import ENCODER_PREFIX
 from mimkit.model_configs.registry import model_config
-from mimkit.models import create_encoder, create_model
-from mimkit.official import (
-    load_convmae_weights,
-    load_localmim_weights,
-    load_mae_weights,
-    load_mixmim_weights,
-    read_official_checkpoint,
-)
+from mimkit.models import create_encoder
+from mimkit.pretrained import encoder_weights
 
-OFFICIAL_LOADERS = {
-    "mae_": load_mae_weights,
-    "convmae_": load_convmae_weights,
-    "mixmae_swin_": load_mixmim_weights,
-    "localmim_vit_": load_localmim_weights,
-}
-"""Which key mapping reads an authors' checkpoint, by the prefix of the mimkit model name."""
-
-
-def is_mimkit_checkpoint(path: str | Path) -> bool:
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("format") == FORMAT
-    except Exception as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+__all__ = ["encoder_weights", "load_encoder", "resolved_encoder_config"]
+"""``encoder_weights`` lives in :mod:`mimkit.pretrained`; it stays importable here for its earlier callers."""
 
 
 def resolved_encoder_config(
@@ -67,30 +40,7 @@ def load_encoder(
 
     ``checkpoint``: a mimkit checkpoint of that model, pretraining or transfer (its recorded configuration is used,
     with ``model_args`` on top, e.g. a drop-path rate or image size), an authors' released checkpoint (``.pth`` or
-    ``.safetensors``, read through the key mapping of the model's family), or ``None`` for a random init.
+    ``.safetensors``, read through the key mapping of the model's family), or ``None`` for a random init
+    (:func:`mimkit.models.create_encoder`, strict).
     """
-    model_args = dict(model_args or {})
-    if checkpoint is None:
-        return create_encoder(model_name, **model_args)
-    if is_mimkit_checkpoint(checkpoint):
-        encoder = create_encoder(model_name, **resolved_encoder_config(model_name, model_args, checkpoint))
-        stored = load_checkpoint(checkpoint)
-        load_model_state(encoder, encoder_weights(stored.model, checkpoint), checkpoint)
-        return encoder
-    loader = next((load for prefix, load in OFFICIAL_LOADERS.items() if model_name.startswith(prefix)), None)
-    if loader is None:
-        raise MimkitError(
-            f"{checkpoint} is not a mimkit checkpoint, and no authors' key mapping is known for '{model_name}' "
-            f"(known families: {', '.join(OFFICIAL_LOADERS)})"
-        )
-    model = create_model(model_name, **model_args)
-    loader(model, read_official_checkpoint(checkpoint), encoder_only=True)
-    return model.encoder_module()
-
-
-def encoder_weights(state_dict: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
-    """The ``encoder.*`` entries of a pretraining model's state dict, without the prefix."""
-    weights = {k[len(ENCODER_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(ENCODER_PREFIX)}
-    if not weights:
-        raise MimkitError(f"{source} holds no encoder weights (no 'encoder.*' keys)")
-    return weights
+    return create_encoder(model_name, checkpoint, **(model_args or {}))

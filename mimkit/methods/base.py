@@ -5,14 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mimkit.hub import HubMixin
 
-class PretrainingModel(nn.Module):
+
+class PretrainingModel(nn.Module, HubMixin):
     """Base of mimkit's pretraining models.
 
     ``forward(images, noise=None, generator=None)`` returns a dict with at least ``loss`` (scalar),
     ``pred`` and ``mask``. ``sample_noise`` draws the masking noise for a batch, so the engine can draw
     it for the *global* batch and give each process its slice: 1 process and N processes then mask every
     image identically.
+
+    ``save_pretrained(dir)`` / ``from_pretrained(dir or Hub repo id)`` / ``push_to_hub`` come from
+    :class:`~mimkit.hub.HubMixin`.
     """
 
     patch_size: int

@@ -6,6 +6,7 @@ builds it. Overrides change any field of that configuration, with errors that na
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from dataclasses import asdict
 from typing import Any
@@ -40,9 +41,10 @@ def register_model(name: str, model_class: Any, config: Any) -> None:
     _REGISTRY[name] = (model_class, config)
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`mimkit.create_model`, sorted."""
-    return sorted(_REGISTRY)
+def list_models(pattern: str = "*") -> list[str]:
+    """Names accepted by :func:`mimkit.create_model` that match the shell-style ``pattern`` (``*``, ``?``,
+    ``[...]``; e.g. ``'mae_*'``, ``'*_tiny*'``), sorted."""
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatchcase(name, pattern))
 
 
 def model_config(name: str, prefix: str = "model", **overrides: Any) -> Any:
