@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if needed) and install mimkit with its dev, video (PyAV), bench (the peers), shards and ecosystem
-# (Hugging Face datasets, W&B, MLflow) extras into
-# it. Safe to run repeatedly:
-# it reinstalls only when pyproject.toml or this script changed since the last install.
+# (Hugging Face datasets, W&B, MLflow) extras into it. Safe to run repeatedly: it reinstalls only when
+# pyproject.toml or this script changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
