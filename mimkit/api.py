@@ -12,8 +12,8 @@ for pretraining, or of ``(image, label)`` pairs for the transfer protocols, with
 on. Images are PIL images, uint8 arrays (H, W[, C]) or tensors (C, H, W) (uint8, or float in [0, 1]); they go
 through the config's transforms (``data.img_size``, ``in_chans``, ``mean``/``std``, crops) like a folder's files. A
 dataset sets ``data.source: python`` and records its length (``data.python_length``), so a resume with a dataset of
-another length is refused like any other change to the run. ``callbacks`` are handed to the trainer, which tells them
-of the run's events.
+another length is refused like any other change to the run. ``callbacks`` are :class:`mimkit.Callback` instances
+the trainer calls at the run's events (:mod:`mimkit.engine.callbacks`).
 
 Importing this module does not import torch.
 """
@@ -33,6 +33,7 @@ from mimkit.errors import MimkitError
 from mimkit.eval.config import KnnConfig, TransferConfig, knn_config, transfer_config
 
 if TYPE_CHECKING:
+    from mimkit.engine.callbacks import Callback
     from mimkit.engine.pretrain import Pretrainer, RunSummary
     from mimkit.eval.knn import KnnResult
     from mimkit.eval.transfer import TransferSummary, TransferTrainer
@@ -101,7 +102,7 @@ def pretrainer(
     dataset: Any = None,
     *,
     overrides: Sequence[str] = (),
-    callbacks: Sequence[object] = (),
+    callbacks: Sequence[Callback] = (),
     resume: str | Path | None = None,
     overwrite: bool = False,
     allow_changes: bool = False,
@@ -126,7 +127,7 @@ def pretrain(
     dataset: Any = None,
     *,
     overrides: Sequence[str] = (),
-    callbacks: Sequence[object] = (),
+    callbacks: Sequence[Callback] = (),
     resume: str | Path | None = None,
     overwrite: bool = False,
     allow_changes: bool = False,
@@ -153,7 +154,7 @@ def transfer_trainer(
     *,
     val_dataset: Any = None,
     overrides: Sequence[str] = (),
-    callbacks: Sequence[object] = (),
+    callbacks: Sequence[Callback] = (),
     resume: str | Path | None = None,
     overwrite: bool = False,
     allow_changes: bool = False,
@@ -190,7 +191,7 @@ def _transfer_protocol(protocol: str, doc: str) -> Callable[..., TransferSummary
         *,
         val_dataset: Any = None,
         overrides: Sequence[str] = (),
-        callbacks: Sequence[object] = (),
+        callbacks: Sequence[Callback] = (),
         resume: str | Path | None = None,
         overwrite: bool = False,
         allow_changes: bool = False,
