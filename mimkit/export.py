@@ -34,6 +34,7 @@ from mimkit.config_schema import to_dict
 from mimkit.engine.atomic_files import atomic_write
 from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import load_model_state
+from mimkit.engine.optim import TRANSFER_NO_WEIGHT_DECAY, no_weight_decay_names
 from mimkit.engine.strategy import checkpoint_activations
 from mimkit.errors import CheckpointError, MimkitError
 from mimkit.eval.checkpoint_record import recorded_model
@@ -83,12 +84,6 @@ TIMM_FAMILIES = {VisionTransformerEncoder: "mimkit_vit", ConvViTEncoder: "mimkit
 """The timm family that exports each encoder class (every method built on that encoder exports to it)."""
 
 
-NO_WEIGHT_DECAY_PARTS = ("cls_token", "pos_embed", "relative_position_bias_table")
-"""Parameters that timm's ViT and Swin exempt from weight decay by name; norms and biases go by timm's own rule for
-1-D parameters. mimkit's position tables are fixed buffers, so this names the ViT's class token and the Swin's
-relative position bias tables."""
-
-
 class TimmEncoder(nn.Module):
     """A mimkit encoder with timm's model interface: ``forward_features``, ``forward_head``,
     ``get_classifier``/``reset_classifier``, ``forward_intermediates`` (for ``features_only``) and the training
@@ -123,8 +118,9 @@ class TimmEncoder(nn.Module):
         self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """The parameters named in :data:`NO_WEIGHT_DECAY_PARTS` (timm's optimizer factory reads this)."""
-        return {name for name, _ in self.named_parameters() if any(part in name for part in NO_WEIGHT_DECAY_PARTS)}
+        """The parameters mimkit's fine-tuning exempts by name (:data:`~mimkit.engine.optim.TRANSFER_NO_WEIGHT_DECAY`;
+        timm's optimizer factory reads this, and exempts norms and biases by its own rule for 1-D parameters)."""
+        return no_weight_decay_names(self, TRANSFER_NO_WEIGHT_DECAY)
 
     def group_matcher(self, coarse: bool = False) -> Callable[[str], tuple[float, ...]]:
         """Layers for layer-wise lr decay, as mimkit's fine-tuning takes them: the stem (patch embedding, class

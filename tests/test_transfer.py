@@ -53,6 +53,23 @@ def _names(model, params):
     return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
+def _decayed(model: Classifier) -> dict[str, bool]:
+    groups = layer_decay_param_groups(model, weight_decay=0.05, layer_decay=0.75)
+    return {name: group["weight_decay"] > 0 for group in groups for name in _names(model, group["params"])}
+
+
+def test_fine_tuning_exempts_the_class_token_and_relative_position_tables_from_weight_decay():
+    """MAE's fine-tuning exempts the ViT's class token (its ``no_weight_decay()``), MixMIM's the Swin's relative
+    position bias tables; norms and biases go undecayed everywhere, weight matrices are decayed."""
+    vit = _decayed(Classifier(mimkit.create_model("mae_vit_tiny_patch16", depth=1).encoder_module(), 10))
+    assert not vit["encoder.cls_token"] and not vit["encoder.blocks.0.norm1.weight"] and not vit["head.bias"]
+    assert vit["encoder.blocks.0.attn.qkv.weight"] and vit["head.weight"]
+    swin = _decayed(Classifier(mimkit.create_model("mixmae_swin_tiny").encoder_module(), 10))
+    tables = [name for name in swin if name.endswith("relative_position_bias_table")]
+    assert tables and not any(swin[name] for name in tables)
+    assert swin["encoder.layers.0.blocks.0.attn.qkv.weight"]
+
+
 def test_layer_decay_follows_each_encoders_layers():
     """ViT: embeddings decay^(depth+1), block i decay^(depth-i), head 1 (MAE/BEiT). ConvViT and Swin: every
     block is a layer in running order; an embedding or patch merging joins the last block before it."""

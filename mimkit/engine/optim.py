@@ -14,9 +14,17 @@ FUSED_DEVICES = ("cpu", "cuda")
 """Devices whose AdamW has a fused kernel in the supported torch versions."""
 
 
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Parameters exempt from weight decay besides norms and biases: position embeddings."""
-    return {name for name, _ in model.named_parameters() if "pos_embed" in name}
+TRANSFER_NO_WEIGHT_DECAY = ("cls_token", "pos_embed", "relative_position_bias_table")
+"""Parameters the fine-tuning recipes exempt from weight decay by name, besides norms and biases (1-D): MAE's
+fine-tuning takes the ViT's ``no_weight_decay()`` (class token, position embedding), MixMIM's the Swin's relative
+position bias tables, and the detection/segmentation recipes the same names. Pretraining exempts only position
+embeddings (MAE's ``main_pretrain`` decays the class and mask tokens)."""
+
+
+def no_weight_decay_names(model: nn.Module, parts: tuple[str, ...] = ("pos_embed",)) -> set[str]:
+    """Parameters of ``model`` exempt from weight decay besides norms and biases: those whose name holds one of
+    ``parts`` (pretraining's default: position embeddings; transfer: :data:`TRANSFER_NO_WEIGHT_DECAY`)."""
+    return {name for name, _ in model.named_parameters() if any(part in name for part in parts)}
 
 
 def adamw(params: Iterable, **options: Any) -> torch.optim.AdamW:
@@ -41,12 +49,12 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
 def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW parameter groups with layer-wise lr decay (BEiT/MAE) for a model with timm's ``group_matcher`` (the
     encoder's layer rule, heads last): a parameter ``n`` layers below the head learns at ``layer_decay ** n`` times
-    the rate; norms, biases and position tables get no weight decay. Each group carries ``lr_scale``, which timm's
-    schedulers apply."""
+    the rate; norms, biases and the parameters :data:`TRANSFER_NO_WEIGHT_DECAY` names get no weight decay. Each
+    group carries ``lr_scale``, which timm's schedulers apply."""
     return param_groups_layer_decay(
         model,
         weight_decay=weight_decay,
-        no_weight_decay_list=no_weight_decay_names(model),
+        no_weight_decay_list=no_weight_decay_names(model, TRANSFER_NO_WEIGHT_DECAY),
         layer_decay=layer_decay,
     )
 
