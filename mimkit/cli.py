@@ -389,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_dense_demo)
 
-    exp = commands.add_parser("export", help="write an encoder or fine-tuned classifier as a file timm loads, or a Hugging Face Hub folder")
+    exp = commands.add_parser(
+        "export", help="write an encoder or fine-tuned classifier as a file timm loads, or a Hugging Face Hub folder"
+    )
     exp.add_argument(
         "--checkpoint", required=True, help="a mimkit checkpoint: pretraining, fine-tuning or probe (.safetensors)"
     )
