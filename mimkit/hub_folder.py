@@ -80,11 +80,21 @@ def read_hub_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch
     file = folder / WEIGHTS_NAME
     if not file.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}; the folder is incomplete")
+    return config, load_weights(file)
+
+
+def finite_weights(source: str | Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights``, refused where a tensor holds NaN or infinite values (``source`` is named in the error)."""
+    bad = first_non_finite(weights)
+    if bad is not None:
+        raise CheckpointError(f"{source} holds NaN or infinite values in tensor '{bad}'; refusing to load it")
+    return weights
+
+
+def load_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a Hub folder's weights, an export), refused where damaged or non-finite."""
     try:
         weights = load_file(str(file))
     except Exception as err:  # safetensors raises its own error types for a damaged header or data
         raise CheckpointError(f"{file} is not a readable safetensors file: {err}") from err
-    bad = first_non_finite(weights)
-    if bad is not None:
-        raise CheckpointError(f"{file} holds NaN or infinite values in tensor '{bad}'; refusing to load it")
-    return config, weights
+    return finite_weights(file, weights)

@@ -24,13 +24,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from mimkit.engine.checkpoint import first_non_finite, load_checkpoint
+from mimkit.engine.checkpoint import load_checkpoint
 from mimkit.engine.checkpoint_checks import LoadReport, load_model_state
 from mimkit.engine.checkpoint_metadata import FORMAT, SHARDED_METADATA
 from mimkit.errors import CheckpointError
 from mimkit.eval.checkpoint_record import recorded_model
 from mimkit.eval.classifier import ENCODER_PREFIX
-from mimkit.hub_folder import CONFIG_NAME, read_hub_folder
+from mimkit.hub_folder import CONFIG_NAME, finite_weights, load_weights, read_hub_folder
 from mimkit.model_configs.registry import model_class, model_config
 from mimkit.official import (
     convert_convmae_state_dict,
@@ -135,19 +135,7 @@ def _read_export(path: Path, metadata: dict[str, str]) -> StoredModel:
             f"{path} is an encoder exported by an older mimkit (its configuration is not recorded); export it again "
             "from its checkpoint with `mimkit export`"
         ) from err
-    return StoredModel(path, "encoder", metadata["mimkit_model"], resolved, _finite(path, _load_tensors(path)))
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
-
-
-def _finite(source: Path, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    bad = first_non_finite(weights)
-    if bad is not None:
-        raise CheckpointError(f"{source} holds NaN or infinite values in tensor '{bad}'; refusing to load it")
-    return weights
+    return StoredModel(path, "encoder", metadata["mimkit_model"], resolved, load_weights(path))
 
 
 def _read_authors(path: Path, name: str | None) -> StoredModel:
@@ -166,7 +154,7 @@ def _read_authors(path: Path, name: str | None) -> StoredModel:
         weights = convert(read_official_checkpoint(path))
     except (KeyError, ValueError) as err:  # unreadable, unsafe, or keys the mapping does not know
         raise CheckpointError(f"{path} is not a '{name}' checkpoint the authors' key mapping reads: {err}") from err
-    return StoredModel(path, "authors", None, {}, _finite(path, weights))
+    return StoredModel(path, "authors", None, {}, finite_weights(path, weights))
 
 
 def _read_folder(path: Path) -> StoredModel:
