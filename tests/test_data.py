@@ -213,6 +213,32 @@ def test_a_sample_is_the_same_whatever_the_global_random_state():
     assert random.random() == random.Random(123).random()  # the caller's generator state is left as it was
 
 
+def test_loader_workers_draw_the_samples_of_the_main_process():
+    """Workers seed each sample without restoring their generators afterwards; the samples stay the same."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from mimkit.data import AugmentedDataset, batch_loader
+    from mimkit.data.sampler import StepSampler
+    from mimkit.data.sources import ArraySource
+
+    def transform(_image):
+        return torch.tensor([torch.rand(()).item(), random.random(), float(np.random.rand())])
+
+    dataset = AugmentedDataset(ArraySource([np.zeros((4, 4), dtype=np.uint8)] * 6), transform, seed=5)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = StepSampler(len(dataset), global_batch=2, steps_per_epoch=3, seed=1)
+        return [batch["image"] for batch in batch_loader(dataset, 2, sampler, workers, torch.device("cpu"))]
+
+    serial = batches(0)
+    assert len(serial) == 3 and len({tuple(row.tolist()) for batch in serial for row in batch}) == 6
+    for in_main, in_workers in zip(serial, batches(2), strict=True):
+        assert torch.equal(in_main, in_workers)
+
+
 def test_evaluation_crop_keeps_the_share_it_names():
     """``data.eval_crop`` 1 scores the whole image (a 28-px item keeps its border); MAE's 0.875 cuts the border."""
     pixels = np.zeros((28, 28), dtype=np.uint8)
